@@ -1,0 +1,60 @@
+"""Fill data/raw/dialogsum/ with DialogSum (train/validation/test JSONL), then track it with DVC.
+
+    python scripts/get_data.py --source ../shared/dialogsum   # a local directory of JSONL files
+    python scripts/get_data.py --source hub                   # knkarthick/dialogsum (needs network)
+    dvc add data/raw/dialogsum
+
+Every row is validated (file, line, field) before anything is written; the directory is
+replaced whole. This is the only step that may touch the network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sumlora import atomic  # noqa: E402
+from sumlora.data import SPLITS, read_jsonl  # noqa: E402
+from sumlora.errors import DataError  # noqa: E402
+
+HUB_ID = "knkarthick/dialogsum"
+
+
+def from_hub(tmp: Path) -> None:
+    try:
+        from datasets import load_dataset
+
+        ds = load_dataset(HUB_ID)
+    except Exception as e:  # noqa: BLE001 - the hub client raises many types when offline
+        raise DataError(f"could not download {HUB_ID} from the Hugging Face hub (offline?): "
+                        f"{str(e).splitlines()[0]}. Use --source DIR with a local copy.") from None
+    for split in SPLITS:
+        ds[split].to_json(tmp / f"{split}.jsonl", lines=True, force_ascii=False)
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--source", required=True, help="'hub' or a directory holding train/validation/test.jsonl")
+    ap.add_argument("--out", type=Path, default=Path("data/raw/dialogsum"))
+    args = ap.parse_args(argv)
+    try:
+        with atomic.output_dir(args.out) as tmp:
+            if args.source == "hub":
+                from_hub(tmp)
+            else:
+                for split in SPLITS:
+                    read_jsonl(Path(args.source) / f"{split}.jsonl")  # validate
+                    (tmp / f"{split}.jsonl").write_bytes((Path(args.source) / f"{split}.jsonl").read_bytes())
+            counts = {split: len(read_jsonl(tmp / f"{split}.jsonl")) for split in SPLITS}
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.out}: " + ", ".join(f"{s} {n} rows" for s, n in counts.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

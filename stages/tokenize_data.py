@@ -1,0 +1,51 @@
+"""Tokenize prompt/response pairs, mask labels, drop over-length rows, shuffle.
+
+    python -m stages.tokenize_data data/formatted models/base data/tokenized metrics/data.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from sumlora import atomic, cli
+from sumlora.data import load_records
+from sumlora.modeling import load_tokenizer, model_max_positions
+from sumlora.params import load_params
+from sumlora.prompt import DEFAULT
+from sumlora.tokenizing import max_length, tokenize_rows
+
+
+def main(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("formatted_dir", type=Path)
+    ap.add_argument("base_dir", type=Path)
+    ap.add_argument("out_dir", type=Path)
+    ap.add_argument("metrics", type=Path)
+    args = ap.parse_args(argv)
+    params = load_params()
+    cli.offline()
+    from transformers import AutoConfig
+
+    tok = load_tokenizer(args.base_dir)
+    model_limit = model_max_positions(AutoConfig.from_pretrained(args.base_dir))
+    try:
+        limit = max_length(model_limit, params.tokenize.max_length)
+    except ValueError as e:
+        raise SystemExit(f"error: params.yaml: {e}") from None
+    metrics = {"max_length": limit, "model_context": model_limit}
+    with atomic.output_dir(args.out_dir) as tmp:
+        for split in ("train", "validation"):
+            rows = load_records(args.formatted_dir / f"{split}.jsonl")
+            kept, counts = tokenize_rows(rows, tok, DEFAULT, limit, params.tokenize.train_on_prompt,
+                                         params.seed)
+            atomic.write_jsonl(tmp / f"{split}.jsonl", kept)
+            metrics[split] = counts
+            print(f"{split}: kept {counts['kept']} of {counts['rows']} "
+                  f"(dropped {counts['dropped_over_length']} over {limit} tokens)")
+    atomic.write_json(args.metrics, metrics)
+
+
+if __name__ == "__main__":
+    cli.run(main)

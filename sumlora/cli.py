@@ -1,0 +1,26 @@
+"""What every stage script shares: offline mode and clean error reporting."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+from sumlora.errors import SumloraError
+
+
+def offline() -> None:
+    """Forbid Hugging Face hub access in this process (set before transformers is imported)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+    """Run a stage's ``main``; known input errors print one clear message and exit 1."""
+    try:
+        main(sys.argv[1:])
+    except (SumloraError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,94 @@
+"""Loading and validating DialogSum JSONL (Hugging Face layout), and grouping test references.
+
+Every problem is reported with file, line and field. Rows: ``id``, ``dialogue``,
+``summary`` (``topic`` optional). The test split holds one row per reference
+(``test_N_1``, ``test_N_2``, ...); ``group_references`` turns them into one record
+per dialogue with a list of references.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+SPLITS = ("train", "validation", "test")
+TEXT_FIELDS = ("dialogue", "summary")
+
+
+from sumlora.errors import DataError
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Read one split, validating each row. Raise DataError naming file:line and field."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: split file not found")
+    raw = path.read_bytes()
+    rows, seen = [], {}
+    for lineno, line in enumerate(raw.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{where}: not valid UTF-8 (byte {e.start}: {line[e.start:e.start + 4]!r})") from None
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        for fld in ("id",) + TEXT_FIELDS:
+            if fld not in row:
+                raise DataError(f"{where}: field '{fld}' is missing")
+            if not isinstance(row[fld], str):
+                raise DataError(f"{where}: field '{fld}' must be a string, got {type(row[fld]).__name__}")
+            if not row[fld].strip():
+                raise DataError(f"{where}: field '{fld}' is empty")
+        if row["id"] in seen:
+            raise DataError(f"{where}: field 'id': duplicate id {row['id']!r} (first on line {seen[row['id']]})")
+        seen[row["id"]] = lineno
+        rows.append({"id": row["id"], "dialogue": row["dialogue"], "summary": row["summary"],
+                     "topic": row.get("topic") if isinstance(row.get("topic"), str) else None})
+    if not rows:
+        raise DataError(f"{path}: no rows")
+    return rows
+
+
+_REF_SUFFIX = re.compile(r"_\d+$")
+
+
+def group_references(rows: list[dict]) -> list[dict]:
+    """One record per distinct dialogue: ``{id, dialogue, references: [...]}`` in first-seen order.
+
+    Rows with the same dialogue text are references of one dialogue (the Hugging Face copy of
+    DialogSum test flattens three references into three rows ``test_N_1..3``).
+    """
+    groups: dict[str, dict] = {}
+    for row in rows:
+        g = groups.get(row["dialogue"])
+        if g is None:
+            base_id = _REF_SUFFIX.sub("", row["id"]) if _REF_SUFFIX.search(row["id"]) else row["id"]
+            groups[row["dialogue"]] = g = {"id": base_id, "dialogue": row["dialogue"], "references": []}
+        g["references"].append(row["summary"])
+    ids = [g["id"] for g in groups.values()]
+    if len(set(ids)) != len(ids):  # two dialogues reduced to one id: keep the row ids distinct
+        raise DataError("test split: different dialogues share the id prefix "
+                        f"{sorted({i for i in ids if ids.count(i) > 1})[:3]}")
+    return list(groups.values())
+
+
+def load_records(path: str | Path) -> list[dict]:
+    """Read a JSONL file written by a stage of this pipeline (no validation beyond JSON)."""
+    path = Path(path)
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
+    return out

@@ -1,0 +1,49 @@
+"""Batched greedy summary generation.
+
+Prompts are encoded with the same function as in training, sorted by length into
+batches (little padding), left-padded (decoder-only models continue from the right
+end), decoded from the new tokens only, and cut at the template's end marker.
+Each sequence stops at EOS or at the end marker.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sumlora.prompt import PromptTemplate
+from sumlora.tokenizing import encode_prompt
+
+
+def _left_pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(ids) for ids in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, ids in enumerate(batch):
+        input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+        attention[row, width - len(ids):] = 1
+    return input_ids, attention
+
+
+@torch.inference_mode()
+def generate_summaries(model, tokenizer, template: PromptTemplate, dialogues: list[str],
+                       batch_size: int, max_new_tokens: int, progress=None) -> list[str]:
+    """Greedy summaries of ``dialogues``, in input order."""
+    prompts = [encode_prompt(tokenizer, template, d) for d in dialogues]
+    order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
+    device = next(model.parameters()).device
+    results: list[str | None] = [None] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        input_ids, attention = _left_pad([prompts[i] for i in idx], tokenizer.pad_token_id)
+        out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                             max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                             temperature=None, top_p=None, top_k=None,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                             stop_strings=[template.end_marker], tokenizer=tokenizer, use_cache=True)
+        new_tokens = out[:, input_ids.shape[1]:]
+        for row, i in enumerate(idx):
+            text = tokenizer.decode(new_tokens[row], skip_special_tokens=True)
+            results[i] = template.extract_summary(text)
+        if progress:
+            progress(min(start + batch_size, len(order)), len(order))
+    return results

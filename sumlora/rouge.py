@@ -1,0 +1,51 @@
+"""ROUGE with ``rouge_score`` (offline, stemmer on), scored against several references.
+
+Per dialogue the best-matching reference (highest F1, per ROUGE type) counts; the
+score is the mean over dialogues, x100. ``rougeLsum`` gets one sentence per line.
+Deterministic: no sampling, no bootstrap here.
+"""
+
+from __future__ import annotations
+
+import re
+
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def _sentences_per_line(text: str) -> str:
+    return "\n".join(s for s in _SENTENCE_END.split(text.strip()) if s)
+
+
+def _scorer():
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+
+
+def example_scores(prediction: str, references: list[str], scorer=None) -> dict[str, float]:
+    """F1 x100 of each ROUGE type for one prediction against its best-matching reference."""
+    if not references:
+        raise ValueError("a dialogue with no reference cannot be scored")
+    scorer = scorer or _scorer()
+    pred = _sentences_per_line(prediction)
+    best = dict.fromkeys(ROUGE_TYPES, 0.0)
+    for ref in references:
+        s = scorer.score(_sentences_per_line(ref), pred)
+        for t in ROUGE_TYPES:
+            best[t] = max(best[t], s[t].fmeasure * 100)
+    return best
+
+
+def corpus_scores(predictions: list[str], references: list[list[str]]) -> dict[str, float]:
+    """Mean over dialogues of the per-dialogue best-reference F1, x100, rounded to 4 places."""
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} reference lists")
+    if not predictions:
+        raise ValueError("nothing to score")
+    scorer = _scorer()
+    totals = dict.fromkeys(ROUGE_TYPES, 0.0)
+    for pred, refs in zip(predictions, references):
+        for t, v in example_scores(pred, refs, scorer).items():
+            totals[t] += v
+    return {t: round(totals[t] / len(predictions), 4) for t in ROUGE_TYPES}

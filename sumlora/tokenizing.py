@@ -1,0 +1,61 @@
+"""Prompt/response tokenization with label masking, and over-length filtering.
+
+Prompt and response are tokenized separately and their ids concatenated, so the
+boundary between them never depends on how the marker tokenizes in context.
+Labels: -100 on the prompt (unless training on the prompt), the response tokens,
+the end marker and EOS stay in the loss (pad == eos would otherwise hide EOS).
+"""
+
+from __future__ import annotations
+
+import random
+
+from sumlora.prompt import PromptTemplate
+
+IGNORE_INDEX = -100
+
+
+def encode_prompt(tokenizer, template: PromptTemplate, dialogue: str) -> list[int]:
+    """Token ids of the prompt: the same call at training time and at generation time."""
+    return tokenizer(template.render_prompt(dialogue), add_special_tokens=True)["input_ids"]
+
+
+def encode_example(tokenizer, template: PromptTemplate, dialogue: str, summary: str,
+                   train_on_prompt: bool = False) -> dict:
+    """``{input_ids, labels}`` for one training row."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no EOS token; the model could not learn to stop")
+    prompt = encode_prompt(tokenizer, template, dialogue)
+    response = tokenizer(template.render_response(summary), add_special_tokens=False)["input_ids"]
+    response = response + [tokenizer.eos_token_id]
+    labels = (list(prompt) if train_on_prompt else [IGNORE_INDEX] * len(prompt)) + list(response)
+    return {"input_ids": list(prompt) + response, "labels": labels}
+
+
+def max_length(model_limit: int | None, cap: int | None) -> int:
+    """The effective maximum sequence length: the model's context, capped by the param."""
+    if cap is not None and model_limit is not None and cap > model_limit:
+        raise ValueError(f"tokenize.max_length: {cap} is above the model's context length {model_limit}")
+    if cap is None and model_limit is None:
+        raise ValueError("tokenize.max_length: the model config states no context length; set this param")
+    return cap if cap is not None else model_limit
+
+
+def tokenize_rows(rows: list[dict], tokenizer, template: PromptTemplate, limit: int,
+                  train_on_prompt: bool, seed: int) -> tuple[list[dict], dict]:
+    """Encode, drop rows longer than ``limit`` tokens, shuffle with ``seed``. Returns (rows, counts)."""
+    kept, lengths, dropped = [], [], 0
+    for row in rows:
+        ex = encode_example(tokenizer, template, row["dialogue"], row["summary"], train_on_prompt)
+        if len(ex["input_ids"]) > limit:
+            dropped += 1
+            continue
+        if not any(label != IGNORE_INDEX for label in ex["labels"]):
+            raise AssertionError(f"row {row['id']}: every label is masked")
+        kept.append({"id": row["id"], **ex})
+        lengths.append(len(ex["input_ids"]))
+    random.Random(seed).shuffle(kept)
+    counts = {"rows": len(rows), "kept": len(kept), "dropped_over_length": dropped,
+              "tokens": sum(lengths), "max_tokens": max(lengths, default=0),
+              "mean_tokens": round(sum(lengths) / len(lengths), 2) if lengths else 0.0}
+    return kept, counts
