@@ -68,11 +68,15 @@ def group_references(rows: list[dict]) -> list[dict]:
     """
     groups: dict[str, dict] = {}
     for row in rows:
-        g = groups.get(row["dialogue"])
-        if g is None:
-            base_id = _REF_SUFFIX.sub("", row["id"]) if _REF_SUFFIX.search(row["id"]) else row["id"]
-            groups[row["dialogue"]] = g = {"id": base_id, "dialogue": row["dialogue"], "references": []}
+        g = groups.setdefault(row["dialogue"], {"ids": [], "dialogue": row["dialogue"], "references": []})
+        g["ids"].append(row["id"])
         g["references"].append(row["summary"])
+    for g in groups.values():
+        ids = g.pop("ids")
+        stems = {_REF_SUFFIX.sub("", i) for i in ids}
+        # test_7_1, test_7_2, test_7_3 -> test_7; a single reference keeps its id
+        g["id"] = stems.pop() if len(ids) > 1 and len(stems) == 1 else ids[0]
+        groups[g["dialogue"]] = {"id": g["id"], "dialogue": g["dialogue"], "references": g["references"]}
     ids = [g["id"] for g in groups.values()]
     if len(set(ids)) != len(ids):  # two dialogues reduced to one id: keep the row ids distinct
         raise DataError("test split: different dialogues share the id prefix "

@@ -184,40 +184,47 @@ def _type_name(tp) -> str:
     return str(tp).replace("typing.", "").replace("<class '", "").replace("'>", "").replace("NoneType", "null")
 
 
+def _suggest(key: str, known: list[str], prefix: str) -> str:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    close = close or [k for k in known if key.startswith(k) or k.startswith(key)][:1]
+    if close:
+        return f"did you mean '{prefix}{close[0]}'?"
+    return "known: " + ", ".join(f"{prefix}{k}" for k in known)
+
+
 def _build(cls, data, prefix: str, errors: list[str]):
-    """Build dataclass ``cls`` from ``data``; append problems to ``errors``. Returns None on any error."""
+    """Build dataclass ``cls`` from ``data``, appending every problem to ``errors``.
+
+    Bad or missing fields take their defaults so that the range checks of the valid fields still
+    run and every problem is reported in one pass; the caller rejects the result if errors exist.
+    """
     if not isinstance(data, dict):
         errors.append(f"{prefix or '<top level>'}: must be a mapping, got {type(data).__name__}")
-        return None
+        data = {}
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs, ok = {}, True
+    fields = [f.name for f in dataclasses.fields(cls)]
     for key in data:
         if key not in fields:
-            close = difflib.get_close_matches(str(key), fields, n=1)
-            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (known: {', '.join(fields)})"
-            errors.append(f"{prefix}{key}: unknown key{hint}")
-            ok = False
+            errors.append(f"{prefix}{key}: unknown key ({_suggest(str(key), fields, prefix)})")
+    kwargs, bad = {}, set()
     for name in fields:
         path = f"{prefix}{name}"
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, data.get(name, {}) if name in data else None, f"{path}.", errors)
+            if name not in data:
+                errors[-1] = f"{path}: missing section"
+            continue
         if name not in data:
             errors.append(f"{path}: missing (every param must be set in params.yaml so DVC can track it)")
-            ok = False
-            continue
-        tp, value = hints[name], data[name]
-        if dataclasses.is_dataclass(tp):
-            sub = _build(tp, value, f"{path}.", errors)
-            ok = ok and sub is not None
-            kwargs[name] = sub
-        elif not _type_ok(value, tp):
-            errors.append(f"{path}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
-            ok = False
+            bad.add(name)
+        elif not _type_ok(data[name], tp):
+            errors.append(f"{path}: expected {_type_name(tp)}, got {data[name]!r} ({type(data[name]).__name__})")
+            bad.add(name)
         else:
-            kwargs[name] = float(value) if tp is float else value
-    if not ok:
-        return None
+            kwargs[name] = float(data[name]) if tp is float else data[name]
     obj = cls(**kwargs)
-    errors.extend(f"{prefix}{k}: {msg}" for k, msg in obj.check())
+    errors.extend(f"{prefix}{k}: {msg}" for k, msg in obj.check() if k not in bad)
     return obj
 
 
@@ -245,7 +252,7 @@ def _has_bitsandbytes() -> bool:
 def parse_params(data, source: str = "params.yaml") -> Params:
     errors: list[str] = []
     params = _build(Params, data, "", errors)
-    if params is not None:
+    if not errors:
         errors.extend(cross_checks(params))
     if errors:
         raise ParamsError(f"{source}: {len(errors)} problem(s):\n" + "\n".join(f"  - {e}" for e in errors))

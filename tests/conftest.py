@@ -1,0 +1,93 @@
+"""Shared fixtures: offline environment, DialogSum rows from ../shared, tiny random models."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SHARED_DATA = Path(os.environ.get("DIALOGSUM_DIR", ROOT.parent / "shared" / "dialogsum"))
+
+EOS = "<|im_end|>"
+
+
+@pytest.fixture(scope="session")
+def dialogsum_dir() -> Path:
+    if not (SHARED_DATA / "train.jsonl").is_file():
+        pytest.fail(f"DialogSum rows not found at {SHARED_DATA} (set DIALOGSUM_DIR)")
+    return SHARED_DATA
+
+
+def read_rows(path: Path, n: int | None = None) -> list[dict]:
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return rows[:n] if n else rows
+
+
+def build_tokenizer(texts: list[str], vocab_size: int = 1000):
+    """A byte-level BPE tokenizer trained on ``texts``, with pad == eos as in SmolLM2."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<|im_start|>", EOS],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tk.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token=EOS, pad_token=EOS, bos_token="<|im_start|>",
+                                   unk_token="<unk>")
+
+
+def build_tiny_model(arch: str, tokenizer, out_dir: Path) -> Path:
+    """Save a randomly initialised tiny Llama or Phi causal LM (safetensors) + tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig, PhiConfig
+
+    common = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, max_position_embeddings=2048, eos_token_id=tokenizer.eos_token_id,
+                  pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id)
+    if arch == "llama":
+        cfg = LlamaConfig(num_key_value_heads=2, tie_word_embeddings=False, **common)
+    elif arch == "phi":
+        cfg = PhiConfig(partial_rotary_factor=0.5, **common)
+    else:
+        raise ValueError(arch)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(dialogsum_dir):
+    rows = read_rows(dialogsum_dir / "train.jsonl", 200)
+    return build_tokenizer([r["dialogue"] + "\n" + r["summary"] for r in rows])
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    return build_tiny_model("llama", tiny_tokenizer, tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_phi_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    return build_tiny_model("phi", tiny_tokenizer, tmp_path_factory.mktemp("tiny-phi"))
+
+
+@pytest.fixture()
+def params():
+    """The committed params.yaml, validated."""
+    from sumlora.params import load_params
+
+    return load_params(ROOT / "params.yaml")

@@ -1,0 +1,94 @@
+"""A temporary git + DVC copy of the project, with a tiny model and a few DialogSum rows."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PROJECT_FILES = ["dvc.yaml", "params.yaml", ".gitignore", "stages", "sumlora", "scripts", "configs"]
+
+
+def env() -> dict:
+    e = dict(os.environ)
+    e["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{e['PATH']}"  # `python` in dvc.yaml = this one
+    e.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", DVC_NO_ANALYTICS="1",
+             GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="t@example.com",
+             GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="t@example.com")
+    return e
+
+
+def sh(cwd: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(list(cmd), cwd=cwd, env=env(), capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def dvc(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return sh(cwd, sys.executable, "-m", "dvc", *args, check=check)
+
+
+def write_rows(src: Path, dst: Path, counts: dict[str, int]) -> None:
+    """Copy the first N rows of each split (test: N dialogues x their references)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for split, n in counts.items():
+        lines = (src / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
+        (dst / f"{split}.jsonl").write_text("\n".join(lines[: n * (3 if split == "test" else 1)]) + "\n")
+
+
+def tiny_params(model_dir: Path) -> dict:
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p["model"]["name"] = str(model_dir)
+    p["tokenize"]["max_length"] = 1024
+    p["train"].update(max_steps=2, learning_rate=5.0e-2, eval_steps=1, save_steps=1, warmup_steps=0, logging_steps=1, batch_size=2,
+                      max_eval_samples=2)
+    p["generate"].update(num_dialogues=3, max_new_tokens=8, batch_size=2)
+    return p
+
+
+def set_params(project: Path, changes: dict) -> None:
+    path = project / "params.yaml"
+    p = yaml.safe_load(path.read_text())
+    for key, value in changes.items():
+        *parents, leaf = key.split(".")
+        node = p
+        for k in parents:
+            node = node[k]
+        node[leaf] = value
+    path.write_text(yaml.safe_dump(p, sort_keys=False))
+
+
+def make_project(dest: Path, dialogsum_dir: Path, model_dir: Path, counts=None) -> Path:
+    """Copy the project into ``dest``, git + dvc init, add a few rows of data, commit."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.exists():
+            shutil.copy2(src, dest / name)
+    (dest / "params.yaml").write_text(yaml.safe_dump(tiny_params(model_dir), sort_keys=False))
+    sh(dest, "git", "init", "-q", "-b", "main")
+    dvc(dest, "init", "-q")
+    dvc(dest, "config", "core.analytics", "false")
+    write_rows(dialogsum_dir, dest / "source", counts or {"train": 12, "validation": 6, "test": 4})
+    sh(dest, sys.executable, "scripts/get_data.py", "--source", "source")
+    dvc(dest, "add", "-q", "data/raw/dialogsum")
+    sh(dest, "git", "add", "-A")
+    sh(dest, "git", "commit", "-qm", "project")
+    return dest
+
+
+def ran_stages(repro_output: str) -> set[str]:
+    return {line.split("'")[1] for line in repro_output.splitlines() if line.startswith("Running stage")}
+
+
+def read_json(path: Path):
+    return json.loads(path.read_text())

@@ -1,0 +1,53 @@
+"""Data loading: clear errors naming file, line and field; test references grouped."""
+
+import json
+
+import pytest
+
+from sumlora.data import group_references, read_jsonl
+from sumlora.errors import DataError
+
+GOOD = {"id": "a", "dialogue": "#Person1#: Hi.", "summary": "Greeting.", "topic": "t"}
+
+
+def write(tmp_path, lines, name="train.jsonl"):
+    p = tmp_path / name
+    p.write_bytes(b"\n".join(x if isinstance(x, bytes) else x.encode() for x in lines) + b"\n")
+    return p
+
+
+@pytest.mark.parametrize("bad, message", [
+    ('{"id": "b", "dialogue": "x", ', r":2: malformed JSON"),
+    (json.dumps({"id": "b", "summary": "s"}), r":2: field 'dialogue' is missing"),
+    (json.dumps({"id": "b", "dialogue": 3, "summary": "s"}), r":2: field 'dialogue' must be a string, got int"),
+    (json.dumps({"id": "b", "dialogue": "d", "summary": "  \n"}), r":2: field 'summary' is empty"),
+    (json.dumps({**GOOD}), r":2: field 'id': duplicate id 'a' \(first on line 1\)"),
+    ('["not", "an", "object"]', r":2: expected a JSON object, got list"),
+    (b'{"id": "b", "dialogue": "caf\xe9", "summary": "s"}', r":2: not valid UTF-8"),
+])
+def test_bad_rows_name_file_line_and_field(tmp_path, bad, message):
+    path = write(tmp_path, [json.dumps(GOOD), bad])
+    with pytest.raises(DataError, match=str(path).replace(".", r"\.") + message):
+        read_jsonl(path)
+
+
+def test_missing_split_file(tmp_path):
+    with pytest.raises(DataError, match="validation.jsonl: split file not found"):
+        read_jsonl(tmp_path / "validation.jsonl")
+
+
+def test_blank_lines_are_skipped_and_rows_kept(tmp_path):
+    path = write(tmp_path, [json.dumps(GOOD), "", json.dumps({**GOOD, "id": "b"})])
+    assert [r["id"] for r in read_jsonl(path)] == ["a", "b"]
+
+
+def test_shared_test_split_groups_three_references(dialogsum_dir):
+    rows = read_jsonl(dialogsum_dir / "test.jsonl")
+    groups = group_references(rows)
+    assert len(rows) == 1200 and len(groups) == 400
+    assert groups[0]["id"] == "test_0"
+    assert all(len(g["references"]) == 3 for g in groups)
+    by_id = {r["id"]: r["summary"] for r in rows}
+    assert groups[5]["references"] == [by_id[f"test_5_{k}"] for k in (1, 2, 3)]
+    # the shared train split has one reference per dialogue
+    assert all(len(g["references"]) == 1 for g in group_references(read_jsonl(dialogsum_dir / "train.jsonl")))

@@ -1,0 +1,99 @@
+"""The params schema: committed configs validate; bad values are all reported with key paths."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import ROOT
+
+from sumlora.errors import ParamsError
+from sumlora.params import flatten, load_params, parse_params
+
+CONFIGS = [ROOT / "params.yaml", *sorted((ROOT / "configs").glob("*.yaml"))]
+
+
+def committed():
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_committed_configs_validate(path):
+    load_params(path)
+
+
+def test_phi2_config_is_the_tutorials_recipe():
+    p = load_params(ROOT / "configs" / "phi2_gpu.yaml")
+    assert p.model.name == "microsoft/phi-2"
+    assert (p.lora.r, p.lora.alpha, p.lora.dropout) == (32, 32, 0.05)
+    assert p.lora.target_modules == ["q_proj", "k_proj", "v_proj", "dense"]
+    assert (p.train.learning_rate, p.train.batch_size, p.train.gradient_accumulation_steps) == (2.0e-4, 1, 4)
+    assert (p.train.max_steps, p.train.eval_steps, p.train.save_steps) == (1000, 25, 25)
+    assert p.train.optim == "paged_adamw_8bit" and p.train.gradient_checkpointing
+
+
+def test_all_problems_reported_at_once_with_key_paths():
+    data = committed()
+    data["lora"]["rank"] = 8           # typo of r
+    data["lora"]["r"] = 0
+    data["lora"]["dropout"] = 1.0
+    data["train"]["learning_rate"] = -1.0
+    data["train"]["eval_steps"] = data["train"]["max_steps"] + 1
+    data["train"]["batch_size"] = "4"
+    del data["generate"]["batch_size"]
+    with pytest.raises(ParamsError) as e:
+        parse_params(data)
+    msg = str(e.value)
+    for expected in ["lora.rank: unknown key (did you mean 'lora.r'?)", "lora.r: must be >= 1, got 0",
+                     "lora.dropout: must be in [0, 1), got 1.0", "train.learning_rate: must be > 0",
+                     "train.eval_steps: must be <= train.max_steps", "train.batch_size: expected int, got '4'",
+                     "generate.batch_size: missing"]:
+        assert expected in msg, msg
+    assert "7 problem(s)" in msg
+
+
+def test_bool_is_not_an_int_and_int_is_a_float():
+    data = committed()
+    data["train"]["max_steps"] = True
+    data["train"]["learning_rate"] = 1
+    with pytest.raises(ParamsError, match="train.max_steps: expected int, got True"):
+        parse_params(data)
+    data["train"]["max_steps"] = 100
+    assert parse_params(data).train.learning_rate == 1.0
+
+
+def test_float16_4bit_rejected_without_gpu():
+    pytest.importorskip("torch")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU can run float16")
+    data = committed()
+    data["model"]["compute_dtype"] = "float16"
+    with pytest.raises(ParamsError, match="model.compute_dtype: float16 4-bit matmuls need a CUDA GPU"):
+        parse_params(data)
+
+
+def test_every_param_named_in_dvc_yaml_exists():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    keys = set(flatten(committed()))
+    sections = {k.split(".")[0] for k in keys}
+    for name, stage in stages.items():
+        for param in stage.get("params", []):
+            assert param in keys or param in sections, f"stage {name}: param {param} not in params.yaml"
+
+
+def test_set_args_turns_params_into_phi2_config(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "sumlora.params", "set-args", "configs/phi2_gpu.yaml"],
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    assert "model.name=microsoft/phi-2" in out and "lora.target_modules=[q_proj,k_proj,v_proj,dense]" in out
+    # applying the -S pairs to params.yaml gives exactly the phi-2 config
+    data = committed()
+    for pair in out[1::2]:
+        key, value = pair.split("=", 1)
+        *parents, leaf = key.split(".")
+        node = data
+        for p in parents:
+            node = node[p]
+        node[leaf] = yaml.safe_load(value)
+    assert parse_params(data) == load_params(ROOT / "configs" / "phi2_gpu.yaml")

@@ -1,0 +1,28 @@
+"""dvc.yaml declares exactly the library modules each stage imports."""
+
+import re
+
+import pytest
+import yaml
+from conftest import ROOT
+from imports import sumlora_files
+
+STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_stage_declares_exactly_the_modules_it_imports(name):
+    stage = STAGES[name]
+    script = re.search(r"-m (stages\.\w+)", stage["cmd"]).group(1).replace(".", "/") + ".py"
+    deps = {d if isinstance(d, str) else next(iter(d)) for d in stage["deps"]}
+    assert script in deps
+    declared = {d for d in deps if d.startswith("sumlora/")}
+    assert declared == sumlora_files(script)
+
+
+def test_every_stage_output_is_declared_once():
+    outs = []
+    for stage in STAGES.values():
+        for kind in ("outs", "metrics"):
+            outs += [o if isinstance(o, str) else next(iter(o)) for o in stage.get(kind, [])]
+    assert len(outs) == len(set(outs))
