@@ -1,37 +1,78 @@
-"""Score base and fine-tuned predictions with ROUGE against all references of each dialogue.
+"""Score the predictions with ROUGE and write metrics, a per-example table, a report and plots.
 
-    python -m stages.evaluate data/predictions/base.jsonl data/predictions/finetuned.jsonl metrics/rouge.json
+    python -m stages.evaluate data/predictions metrics/rouge.json reports plots/evaluation
+
+Reads base.jsonl, base_chat.jsonl (may be empty: no chat template) and finetuned.jsonl from
+the predictions directory. Writes metrics/rouge.json; reports/examples.csv (one row per
+dialogue, biggest fine-tuning wins first, losses last) and reports/evaluation.md; and
+plots/evaluation/rouge.csv (for `dvc plots show`) and rouge.png.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 from pathlib import Path
 
 from sumlora import atomic, cli
 from sumlora.data import load_records
 from sumlora.errors import DataError
-from sumlora.rouge import ROUGE_TYPES, corpus_scores
+from sumlora.evaluation import SCORINGS, evaluate, markdown_report
+from sumlora.params import load_params
+from sumlora.plots import rouge_bars
+from sumlora.rouge import ROUGE_TYPES
+
+SYSTEMS = ("base", "base_chat", "finetuned")
 
 
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("base_predictions", type=Path)
-    ap.add_argument("finetuned_predictions", type=Path)
+    ap.add_argument("predictions_dir", type=Path)
     ap.add_argument("metrics", type=Path)
+    ap.add_argument("reports_dir", type=Path)
+    ap.add_argument("plots_dir", type=Path)
     args = ap.parse_args(argv)
-    base, tuned = load_records(args.base_predictions), load_records(args.finetuned_predictions)
-    if [r["id"] for r in base] != [r["id"] for r in tuned]:
-        raise DataError(f"{args.base_predictions} and {args.finetuned_predictions} cover different dialogues")
-    refs = [r["references"] for r in base]
-    scores = {name: corpus_scores([r["prediction"] for r in rows], refs)
-              for name, rows in (("base", base), ("finetuned", tuned))}
-    scores["improvement"] = {t: round(scores["finetuned"][t] - scores["base"][t], 4) for t in ROUGE_TYPES}
-    scores["num_dialogues"] = len(base)
-    scores["scale"] = "F1 x100, best-matching reference per dialogue, mean over dialogues"
-    atomic.write_json(args.metrics, scores)
-    for name in ("base", "finetuned", "improvement"):
-        print(f"{name:>12}: " + "  ".join(f"{t} {scores[name][t]:6.2f}" for t in ROUGE_TYPES))
+    params = load_params()
+    runs = {name: load_records(args.predictions_dir / f"{name}.jsonl") for name in SYSTEMS}
+    if not runs["base_chat"]:
+        del runs["base_chat"]  # the tokenizer has no chat template
+    ids = [r["id"] for r in runs["base"]]
+    for name, rows in runs.items():
+        if [r["id"] for r in rows] != ids:
+            raise DataError(f"{args.predictions_dir / (name + '.jsonl')}: covers other dialogues than base.jsonl")
+    if not ids:
+        raise DataError(f"{args.predictions_dir / 'base.jsonl'}: no predictions")
+    ep = params.evaluate
+    metrics, rows = evaluate(ids, [r["references"] for r in runs["base"]],
+                             {n: [r["prediction"] for r in rows] for n, rows in runs.items()},
+                             ep.bootstrap_samples, ep.confidence, params.seed)
+    dialogues = {r["id"]: r["dialogue"] for r in runs["base"]}
+
+    args.reports_dir.mkdir(parents=True, exist_ok=True)
+    args.plots_dir.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic.write_text(args.reports_dir / "examples.csv", buf.getvalue())
+    atomic.write_text(args.reports_dir / "evaluation.md", markdown_report(metrics, rows, dialogues,
+                                                                          ep.report_examples))
+    bars = ["label,system,rouge,score"] + [f"{t} {n},{n},{t},{metrics[n]['all_refs'][t]}"
+                                           for t in ROUGE_TYPES for n in runs]
+    atomic.write_text(args.plots_dir / "rouge.csv", "\n".join(bars) + "\n")
+    rouge_bars(metrics, args.plots_dir / "rouge.png")
+    atomic.write_json(args.metrics, metrics)
+
+    for scoring in SCORINGS:
+        print(f"[{scoring}]")
+        for name in runs:
+            print(f"  {name:>10}: " + "  ".join(f"{t} {metrics[name][scoring][t]:6.2f}" for t in ROUGE_TYPES))
+        imp = metrics["improvement"][scoring]
+        print(f"  {'gain':>10}: " + "  ".join(
+            f"{t} {imp[t]['diff']:+.2f} [{imp[t]['ci_low']:+.2f}, {imp[t]['ci_high']:+.2f}]" for t in ROUGE_TYPES)
+            + f"  (vs {metrics['baseline']})")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Batched greedy summary generation.
+"""Batched greedy summary generation (training prompt, or the model's chat template).
 
 Prompts are encoded with the same function as in training, sorted by length into
 batches (little padding), left-padded (decoder-only models continue from the right
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from sumlora.prompt import PromptTemplate
-from sumlora.tokenizing import encode_prompt
+from sumlora.tokenizing import encode_chat_prompt, encode_prompt
 
 
 def _left_pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -25,13 +25,13 @@ def _left_pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.
 
 
 @torch.inference_mode()
-def generate_summaries(model, tokenizer, template: PromptTemplate, dialogues: list[str],
-                       batch_size: int, max_new_tokens: int, progress=None) -> list[str]:
-    """Greedy summaries of ``dialogues``, in input order."""
-    prompts = [encode_prompt(tokenizer, template, d) for d in dialogues]
+def generate_texts(model, tokenizer, prompts: list[list[int]], batch_size: int, max_new_tokens: int,
+                   stop_strings: list[str] | None = None, progress=None) -> list[str]:
+    """Greedy continuations (new tokens only, special tokens dropped) of token-id ``prompts``, in order."""
     order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
     device = next(model.parameters()).device
-    results: list[str | None] = [None] * len(prompts)
+    results: list[str] = [""] * len(prompts)
+    stop = {"stop_strings": stop_strings, "tokenizer": tokenizer} if stop_strings else {}
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         input_ids, attention = _left_pad([prompts[i] for i in idx], tokenizer.pad_token_id)
@@ -39,11 +39,26 @@ def generate_summaries(model, tokenizer, template: PromptTemplate, dialogues: li
                              max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                              temperature=None, top_p=None, top_k=None,
                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                             stop_strings=[template.end_marker], tokenizer=tokenizer, use_cache=True)
+                             use_cache=True, **stop)
         new_tokens = out[:, input_ids.shape[1]:]
         for row, i in enumerate(idx):
-            text = tokenizer.decode(new_tokens[row], skip_special_tokens=True)
-            results[i] = template.extract_summary(text)
+            results[i] = tokenizer.decode(new_tokens[row], skip_special_tokens=True)
         if progress:
             progress(min(start + batch_size, len(order)), len(order))
     return results
+
+
+def generate_summaries(model, tokenizer, template: PromptTemplate, dialogues: list[str],
+                       batch_size: int, max_new_tokens: int, progress=None) -> list[str]:
+    """Greedy summaries of ``dialogues`` with the training prompt, cut at the end marker, in input order."""
+    prompts = [encode_prompt(tokenizer, template, d) for d in dialogues]
+    texts = generate_texts(model, tokenizer, prompts, batch_size, max_new_tokens, [template.end_marker], progress)
+    return [template.extract_summary(t) for t in texts]
+
+
+def generate_chat_summaries(model, tokenizer, dialogues: list[str], batch_size: int, max_new_tokens: int,
+                            progress=None) -> list[str]:
+    """Zero-shot summaries through the tokenizer's chat template (the fair baseline for instruct models)."""
+    prompts = [encode_chat_prompt(tokenizer, d) for d in dialogues]
+    return [t.strip() for t in generate_texts(model, tokenizer, prompts, batch_size, max_new_tokens,
+                                              progress=progress)]

@@ -146,6 +146,23 @@ class GenerateParams:
 
 
 @dataclass
+class EvaluateParams:
+    bootstrap_samples: int = 1000
+    confidence: float = 0.95
+    report_examples: int = 5
+
+    def check(self):
+        errs = []
+        if self.bootstrap_samples < 100:
+            errs.append(("bootstrap_samples", f"must be >= 100, got {self.bootstrap_samples}"))
+        if not 0.5 <= self.confidence < 1:
+            errs.append(("confidence", f"must be in [0.5, 1), got {self.confidence}"))
+        if self.report_examples < 0:
+            errs.append(("report_examples", f"must be >= 0, got {self.report_examples}"))
+        return errs
+
+
+@dataclass
 class Params:
     seed: int = 42
     model: ModelParams = field(default_factory=ModelParams)
@@ -154,6 +171,7 @@ class Params:
     lora: LoraParams = field(default_factory=LoraParams)
     train: TrainParams = field(default_factory=TrainParams)
     generate: GenerateParams = field(default_factory=GenerateParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
 
     def check(self):
         errs = []

@@ -55,3 +55,11 @@ class PromptTemplate:
 
 
 DEFAULT = PromptTemplate()
+
+# The zero-shot baseline: a plain instruction through the model's own chat template.
+CHAT_INSTRUCTION = "Summarize the following conversation in one or two sentences.\n\n{dialogue}"
+
+
+def chat_messages(dialogue: str) -> list[dict]:
+    """The chat-template baseline's conversation: one user turn asking for a summary."""
+    return [{"role": "user", "content": CHAT_INSTRUCTION.format(dialogue=dialogue.strip())}]

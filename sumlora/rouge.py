@@ -17,7 +17,7 @@ def _sentences_per_line(text: str) -> str:
     return "\n".join(s for s in _SENTENCE_END.split(text.strip()) if s)
 
 
-def _scorer():
+def make_scorer():
     from rouge_score import rouge_scorer
 
     return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
@@ -27,7 +27,7 @@ def example_scores(prediction: str, references: list[str], scorer=None) -> dict[
     """F1 x100 of each ROUGE type for one prediction against its best-matching reference."""
     if not references:
         raise ValueError("a dialogue with no reference cannot be scored")
-    scorer = scorer or _scorer()
+    scorer = scorer or make_scorer()
     pred = _sentences_per_line(prediction)
     best = dict.fromkeys(ROUGE_TYPES, 0.0)
     for ref in references:
@@ -43,7 +43,7 @@ def corpus_scores(predictions: list[str], references: list[list[str]]) -> dict[s
         raise ValueError(f"{len(predictions)} predictions but {len(references)} reference lists")
     if not predictions:
         raise ValueError("nothing to score")
-    scorer = _scorer()
+    scorer = make_scorer()
     totals = dict.fromkeys(ROUGE_TYPES, 0.0)
     for pred, refs in zip(predictions, references):
         for t, v in example_scores(pred, refs, scorer).items():

@@ -12,6 +12,7 @@ import torch
 from sumlora import atomic
 from sumlora.modeling import load_model_and_tokenizer, lora_config
 from sumlora.params import Params
+from sumlora.plots import loss_curves
 from sumlora.prompt import PromptTemplate
 from sumlora.tokenizing import IGNORE_INDEX
 
@@ -136,6 +137,7 @@ def train(params: Params, tokenized_dir, base_dir, adapter_dir, checkpoints_dir,
     runtime = time.perf_counter() - start
     final_eval = trainer.evaluate()
     live.end()
+    loss_curves(trainer.state.log_history, Path(live_dir) / "loss.png")
 
     with atomic.output_dir(adapter_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)

@@ -19,6 +19,8 @@ sys.path.insert(0, str(ROOT))
 SHARED_DATA = Path(os.environ.get("DIALOGSUM_DIR", ROOT.parent / "shared" / "dialogsum"))
 
 EOS = "<|im_end|>"
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
 @pytest.fixture(scope="session")
@@ -44,8 +46,10 @@ def build_tokenizer(texts: list[str], vocab_size: int = 1000):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<|im_start|>", EOS],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tk.train_from_iterator(texts, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token=EOS, pad_token=EOS, bos_token="<|im_start|>",
-                                   unk_token="<unk>")
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token=EOS, pad_token=EOS, bos_token="<|im_start|>",
+                                  unk_token="<unk>")
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
 
 
 def build_tiny_model(arch: str, tokenizer, out_dir: Path) -> Path:

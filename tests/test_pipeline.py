@@ -3,11 +3,12 @@
 import json
 
 import pytest
-from project import dvc, make_project, ran_stages, read_json, set_params
+from project import dvc, make_project, ran_stages, read_json, set_params, sh
 
 from sumlora.prompt import DEFAULT, PromptTemplate
 
-ALL_STAGES = {"format", "base_model", "tokenize", "train", "generate_base", "generate_finetuned", "evaluate"}
+ALL_STAGES = {"format", "base_model", "tokenize", "train", "generate_base", "generate_base_chat", "generate_finetuned",
+              "evaluate"}
 
 
 @pytest.fixture(scope="module")
@@ -15,6 +16,8 @@ def project(tmp_path_factory, dialogsum_dir, tiny_llama_dir):
     proj = make_project(tmp_path_factory.mktemp("project"), dialogsum_dir, tiny_llama_dir)
     out = dvc(proj, "repro").stdout
     assert ran_stages(out) == ALL_STAGES, out
+    sh(proj, "git", "add", "-A")
+    sh(proj, "git", "commit", "-qm", "first run")
     return proj
 
 
@@ -48,10 +51,20 @@ def test_outputs_and_metrics_are_produced_and_valid(project):
         assert all(isinstance(p["prediction"], str) for p in preds)
 
     rouge = read_json(project / "metrics/rouge.json")
-    assert rouge["num_dialogues"] == 3
-    for t in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
-        assert 0 <= rouge["base"][t] <= 100 and 0 <= rouge["finetuned"][t] <= 100
-        assert rouge["improvement"][t] == pytest.approx(rouge["finetuned"][t] - rouge["base"][t], abs=1e-3)
+    assert rouge["num_dialogues"] == 3 and rouge["baseline"] in ("base", "base_chat")
+    for scoring in ("all_refs", "first_ref"):
+        for t in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
+            for name in ("base", "base_chat", "finetuned"):
+                assert 0 <= rouge[name][scoring][t] <= 100
+            imp = rouge["improvement"][scoring][t]
+            expected = rouge["finetuned"][scoring][t] - rouge[rouge["baseline"]][scoring][t]
+            assert imp["diff"] == pytest.approx(expected, abs=1e-3)
+            assert imp["ci_low"] <= imp["diff"] + 1e-9 and imp["diff"] <= imp["ci_high"] + 1e-9
+    examples = (project / "reports/examples.csv").read_text().splitlines()
+    assert len(examples) == 1 + 3 and examples[0].startswith("id,reference_1,reference_2,reference_3,")
+    assert "# Evaluation report" in (project / "reports/evaluation.md").read_text()
+    for png in ("plots/training/loss.png", "plots/evaluation/rouge.png"):
+        assert (project / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     shown = json.loads(dvc(project, "metrics", "show", "--json").stdout)
     assert "metrics/rouge.json" in json.dumps(shown)
@@ -72,3 +85,55 @@ def test_lora_param_change_reruns_only_downstream_stages(project):
     assert ran_stages(out) == {"train", "generate_finetuned", "evaluate"}, out
     assert (project / "data/predictions/base.jsonl").read_bytes() == before
     assert json.loads((project / "models/adapter/adapter_config.json").read_text())["r"] == 4
+    diff = json.loads(dvc(project, "metrics", "diff", "--all", "--json").stdout)
+    rouge = diff["metrics/rouge.json"]
+    for key in ("finetuned.all_refs.rougeL", "finetuned.first_ref.rouge1", "improvement.all_refs.rougeL.diff"):
+        assert set(rouge[key]) >= {"old", "new"}, rouge[key]
+    assert rouge["base.all_refs.rougeL"]["old"] == rouge["base.all_refs.rougeL"]["new"]
+    assert rouge["finetuned.all_refs.rougeL"]["new"] == read_json(project / "metrics/rouge.json")[
+        "finetuned"]["all_refs"]["rougeL"]
+    sh(project, "git", "add", "-A")
+    sh(project, "git", "commit", "-qm", "lora.r=4")
+
+
+@pytest.mark.slow
+def test_same_predictions_give_byte_identical_metrics(project):
+    files = ["metrics/rouge.json", "reports/examples.csv", "reports/evaluation.md", "plots/evaluation/rouge.csv"]
+    before = {f: (project / f).read_bytes() for f in files}
+    assert ran_stages(dvc(project, "repro", "-f", "-s", "evaluate").stdout) == {"evaluate"}
+    assert {f: (project / f).read_bytes() for f in files} == before
+
+
+@pytest.mark.slow
+def test_exp_run_with_set_param_is_listed_in_exp_show(project):
+    out = dvc(project, "exp", "run", "-S", "lora.r=2", "-S", "train.max_steps=1").stdout
+    assert ran_stages(out) == {"train", "generate_finetuned", "evaluate"}, out
+    shown = dvc(project, "exp", "show", "--json").stdout
+    exps = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            data = node.get("data")
+            if isinstance(data, dict) and "params" in data:
+                exps.append(data)
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(json.loads(shown))
+    ours = [d for d in exps if d["rev"] != "workspace" and d["params"]["params.yaml"]["data"]["lora"]["r"] == 2]
+    assert len(ours) == 1, shown[:2000]
+    assert ours[0]["params"]["params.yaml"]["data"]["train"]["max_steps"] == 1
+    rouge = ours[0]["metrics"]["metrics/rouge.json"]["data"]
+    assert 0 <= rouge["finetuned"]["all_refs"]["rougeL"] <= 100
+    assert read_json(project / "metrics/train.json")["steps"] == 1  # the workspace holds the experiment
+
+
+@pytest.mark.slow
+def test_plots_show_renders_the_declared_plots(project, tmp_path):
+    dvc(project, "plots", "show", "-o", str(tmp_path / "html"))
+    html = (tmp_path / "html" / "index.html").read_text()
+    for needle in ("Training and validation loss", "ROUGE (all references)", "loss.png", "rouge.png"):
+        assert needle in html, needle

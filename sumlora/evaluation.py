@@ -1,0 +1,120 @@
+"""The evaluate stage's numbers: ROUGE two ways, paired bootstrap intervals, lengths, per-example rows.
+
+Everything is deterministic: the same predictions give byte-identical outputs (the bootstrap
+is seeded, figures are rounded to 4 places).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sumlora.rouge import ROUGE_TYPES, example_scores, make_scorer
+
+SCORINGS = ("all_refs", "first_ref")
+SCALE = ("ROUGE F1 x100. all_refs: per dialogue the best-matching reference, then the mean over "
+         "dialogues; first_ref: against the first reference only (the dataset authors' baseline setting)")
+
+
+def _r(x: float) -> float:
+    return round(float(x), 4)
+
+
+def per_example(predictions: list[str], references: list[list[str]]) -> dict[str, np.ndarray]:
+    """{scoring: array (n_dialogues, n_rouge_types)} of per-dialogue F1 x100."""
+    scorer = make_scorer()
+    out = {}
+    for scoring in SCORINGS:
+        rows = []
+        for pred, refs in zip(predictions, references):
+            s = example_scores(pred, refs if scoring == "all_refs" else refs[:1], scorer)
+            rows.append([s[t] for t in ROUGE_TYPES])
+        out[scoring] = np.array(rows, dtype=np.float64).reshape(len(predictions), len(ROUGE_TYPES))
+    return out
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, samples: int, confidence: float, seed: int) -> list[dict]:
+    """Mean of b - a per column, with a percentile bootstrap interval over dialogues (paired, seeded)."""
+    diffs = b - a
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(diffs), size=(samples, len(diffs)))
+    means = diffs[idx].mean(axis=1)  # (samples, n_types)
+    lo, hi = np.quantile(means, [(1 - confidence) / 2, (1 + confidence) / 2], axis=0, method="linear")
+    return [{"diff": _r(diffs[:, j].mean()), "ci_low": _r(lo[j]), "ci_high": _r(hi[j])}
+            for j in range(diffs.shape[1])]
+
+
+def mean_words(texts: list[str]) -> float:
+    return _r(np.mean([len(t.split()) for t in texts])) if texts else 0.0
+
+
+def evaluate(ids: list[str], references: list[list[str]], systems: dict[str, list[str]],
+             samples: int, confidence: float, seed: int) -> tuple[dict, list[dict]]:
+    """Metrics dict and per-example rows for ``systems`` = {"base": [...], "base_chat": [...]?, "finetuned": [...]}.
+
+    The headline improvement is fine-tuned minus the stronger baseline (by all-references ROUGE-L).
+    """
+    scores = {name: per_example(preds, references) for name, preds in systems.items()}
+    metrics: dict = {"num_dialogues": len(ids), "scale": SCALE, "confidence": confidence,
+                     "bootstrap_samples": samples}
+    for name, preds in systems.items():
+        metrics[name] = {scoring: {t: _r(scores[name][scoring][:, j].mean()) for j, t in enumerate(ROUGE_TYPES)}
+                         for scoring in SCORINGS}
+        metrics[name]["words"] = mean_words(preds)
+    metrics["references"] = {"words": mean_words([r for refs in references for r in refs]),
+                             "words_first": mean_words([refs[0] for refs in references])}
+    baselines = [b for b in ("base", "base_chat") if b in systems]
+    rl = ROUGE_TYPES.index("rougeL")
+    strongest = max(baselines, key=lambda b: (scores[b]["all_refs"][:, rl].mean(), b == "base"))
+    metrics["baseline"] = strongest
+    for key, base in (("improvement", strongest), ("improvement_vs_base_prompt", "base")):
+        metrics[key] = {scoring: dict(zip(ROUGE_TYPES, paired_bootstrap(
+            scores[base][scoring], scores["finetuned"][scoring], samples, confidence, seed)))
+            for scoring in SCORINGS}
+    rows = []
+    for i, id_ in enumerate(ids):
+        row = {"id": id_}
+        row.update({f"reference_{k + 1}": ref for k, ref in enumerate(references[i])})
+        row.update({name: systems[name][i] for name in systems})
+        row.update({f"rougeL_{name}": _r(scores[name]["all_refs"][i, rl]) for name in systems})
+        row["rougeL_gain"] = _r(scores["finetuned"]["all_refs"][i, rl] - scores[strongest]["all_refs"][i, rl])
+        rows.append(row)
+    rows.sort(key=lambda r: (-r["rougeL_gain"], r["id"]))  # biggest wins first, biggest losses last
+    return metrics, rows
+
+
+def markdown_report(metrics: dict, rows: list[dict], dialogues: dict[str, str], n_examples: int) -> str:
+    """The evaluation report: headline tables, lengths, example dialogues, biggest wins and losses."""
+    names = [n for n in ("base", "base_chat", "finetuned") if n in metrics]
+    label = {"base": "base (training prompt)", "base_chat": "base (chat template, zero-shot)",
+             "finetuned": "fine-tuned (QLoRA)"}
+    pct = int(round(metrics["confidence"] * 100))
+    out = ["# Evaluation report", "",
+           f"{metrics['num_dialogues']} test dialogues. {metrics['scale']}.", "",
+           f"Improvement = fine-tuned minus the stronger baseline, **{label[metrics['baseline']]}**, "
+           f"with a paired bootstrap {pct}% interval ({metrics['bootstrap_samples']} resamples of the "
+           "dialogues). An interval that excludes 0 means the gain is unlikely to be chance.", ""]
+    for scoring, title in (("all_refs", "Against all references"), ("first_ref", "Against the first reference")):
+        out += [f"## {title}", "",
+                "| ROUGE | " + " | ".join(label[n] for n in names) + f" | improvement [{pct}% CI] |",
+                "|---|" + "---:|" * (len(names) + 1)]
+        for t in ROUGE_TYPES:
+            imp = metrics["improvement"][scoring][t]
+            out.append(f"| {t} | " + " | ".join(f"{metrics[n][scoring][t]:.2f}" for n in names)
+                       + f" | {imp['diff']:+.2f} [{imp['ci_low']:+.2f}, {imp['ci_high']:+.2f}] |")
+        out.append("")
+    out += ["## Summary length (mean words)", "", "| | words |", "|---|---:|"]
+    out += [f"| {label[n]} | {metrics[n]['words']:.1f} |" for n in names]
+    out += [f"| references (all) | {metrics['references']['words']:.1f} |", ""]
+    by_id = {r["id"]: r for r in rows}
+    sections = [("Examples (the first dialogues of the test file)", list(dialogues)[:n_examples]),
+                ("Biggest wins of fine-tuning (ROUGE-L gain)", [r["id"] for r in rows[:3]]),
+                ("Biggest losses of fine-tuning", [r["id"] for r in rows[::-1][:3]])]
+    for title, ids in sections:
+        out += [f"## {title}", ""]
+        for id_ in ids:
+            r = by_id[id_]
+            out += [f"### {id_} (ROUGE-L gain {r['rougeL_gain']:+.1f})", "", "```", dialogues[id_].strip(), "```", ""]
+            out += [f"- **{label[n]}** (ROUGE-L {r[f'rougeL_{n}']:.1f}): {r[n] or '(empty)'}" for n in names]
+            refs = [v for k, v in r.items() if k.startswith("reference_")]
+            out += [f"- reference {k + 1}: {ref}" for k, ref in enumerate(refs)] + [""]
+    return "\n".join(out)
