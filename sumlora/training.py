@@ -10,13 +10,11 @@ from pathlib import Path
 import torch
 
 from sumlora import atomic
-from sumlora.modeling import load_model_and_tokenizer, lora_config
+from sumlora.modeling import ADAPTER_INFO, load_model_and_tokenizer, lora_config, read_base_info
 from sumlora.params import Params
 from sumlora.plots import loss_curves
 from sumlora.prompt import PromptTemplate
 from sumlora.tokenizing import IGNORE_INDEX
-
-ADAPTER_INFO = "adapter_info.json"
 
 
 class PadCollator:
@@ -143,10 +141,7 @@ def train(params: Params, tokenized_dir, base_dir, adapter_dir, checkpoints_dir,
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         template.save(tmp)
-        base_info_path = Path(base_dir) / "base_info.json"
-        base_info = json.loads(base_info_path.read_text()) if base_info_path.is_file() else {}
-        atomic.write_json(Path(tmp) / ADAPTER_INFO, {"base_model": base_info.get("source"),
-                                                     "model_type": model.config.model_type})
+        atomic.write_json(Path(tmp) / ADAPTER_INFO, {"base_model": read_base_info(base_dir)})
     train_losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     tokens = int(trainer.state.num_input_tokens_seen)
     return {
