@@ -3,7 +3,9 @@
     python -m stages.train data/tokenized models/base models/adapter models/checkpoints plots/training metrics/train.json
 
 Writes the adapter (safetensors + tokenizer + prompt template) atomically, loss curves
-with dvclive, and final losses, steps, runtime and parameter counts as metrics.
+with dvclive (and loss.png), final losses, steps and parameter counts as metrics (identical
+for identical runs), and wall time in plots/training/timing.json. Resumes from the last
+complete checkpoint of the same run when one exists (see sumlora/training.py).
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ def main(argv: list[str]) -> None:
     cli.offline()
     from sumlora.training import train
 
-    metrics = train(params, args.tokenized_dir, args.base_dir, args.adapter_dir, args.checkpoints_dir,
-                    args.live_dir, DEFAULT)
+    metrics, timing = train(params, args.tokenized_dir, args.base_dir, args.adapter_dir, args.checkpoints_dir,
+                            args.live_dir, DEFAULT)
+    atomic.write_json(args.live_dir / "timing.json", timing)
     atomic.write_json(args.metrics, metrics)
-    print(f"trained {metrics['steps']} steps in {metrics['runtime_s']} s: eval loss {metrics['eval_loss']}, "
-          f"{metrics['train_tokens_per_s']} tokens/s")
+    print(f"trained to step {metrics['steps']} ({timing['steps_this_run']} steps in {timing['runtime_s']} s): "
+          f"eval loss {metrics['eval_loss']}")
 
 
 if __name__ == "__main__":

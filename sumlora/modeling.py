@@ -185,6 +185,9 @@ def load_model_and_tokenizer(base_dir: str | Path, params: ModelParams, adapter_
         adapter_dir = Path(adapter_dir)
         if not (adapter_dir / "adapter_config.json").is_file():
             raise ModelError(f"{adapter_dir}: no adapter here (adapter_config.json missing; run dvc repro train)")
+        if not (adapter_dir / "adapter_model.safetensors").is_file():
+            raise ModelError(f"{adapter_dir}: adapter_model.safetensors missing; pickled weights "
+                             "(adapter_model.bin) are refused because loading them can run arbitrary code")
         check_adapter_matches_base(adapter_dir, base_dir)
         model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=False)
     model.eval()

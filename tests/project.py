@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -15,9 +16,22 @@ ROOT = Path(__file__).resolve().parents[1]
 PROJECT_FILES = ["dvc.yaml", "params.yaml", ".gitignore", "stages", "sumlora", "scripts", "configs"]
 
 
+NONET = Path(__file__).resolve().parent / "nonet"
+NONET_LOG = Path(tempfile.gettempdir()) / f"sumlora-nonet-{os.getpid()}.log"
+
+
+def network_attempts() -> list[str]:
+    """Connections that commands run through ``sh``/``dvc`` tried to open (and were refused)."""
+    return NONET_LOG.read_text().splitlines() if NONET_LOG.is_file() else []
+
+
 def env() -> dict:
+    """Environment of every command a test runs in a project: offline, and network connections refused
+    (tests/nonet/sitecustomize.py logs each attempt to $NONET_LOG, which the project fixture checks)."""
     e = dict(os.environ)
     e["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{e['PATH']}"  # `python` in dvc.yaml = this one
+    e["PYTHONPATH"] = os.pathsep.join(filter(None, [str(NONET), e.get("PYTHONPATH")]))
+    e["NONET_LOG"] = str(NONET_LOG)
     e.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", DVC_NO_ANALYTICS="1",
              GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="t@example.com",
              GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="t@example.com")

@@ -14,6 +14,26 @@ from sumlora.tokenizing import tokenize_rows
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(autouse=True, scope="module")
+def no_network():
+    """The default (embedded) path must open no network connection: any attempt fails the test."""
+    import socket
+
+    attempts = []
+    real_connect = socket.socket.connect
+
+    def connect(self, address):
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            attempts.append(address)
+            raise OSError(f"network access attempted: {address}")
+        return real_connect(self, address)
+
+    socket.socket.connect = connect
+    yield
+    socket.socket.connect = real_connect
+    assert not attempts, f"network connections attempted: {attempts}"
+
+
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("base")
@@ -51,8 +71,10 @@ def test_qlora_train_then_generate_with_adapter(base_dir, params, tmp_path, dial
     params.train.eval_steps = params.train.save_steps = 2
     params.train.warmup_steps = 0
     params.train.batch_size = 2
-    metrics = train(params, tok_dir, base_dir, tmp_path / "adapter", tmp_path / "ckpt", tmp_path / "live", DEFAULT)
+    metrics, timing = train(params, tok_dir, base_dir, tmp_path / "adapter", tmp_path / "ckpt", tmp_path / "live",
+                            DEFAULT)
     assert metrics["steps"] == 2 and metrics["train_tokens"] > 0 and 0 < metrics["eval_loss"] < 10
+    assert timing["steps_this_run"] == 2 and timing["resumed_from"] is None
 
     model, tok = load_model_and_tokenizer(base_dir, params.model, tmp_path / "adapter")
     template = PromptTemplate.load(tmp_path / "adapter")

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from project import dvc, make_project, ran_stages, read_json, set_params, sh
+from project import dvc, make_project, network_attempts, ran_stages, read_json, set_params, sh
 
 from sumlora.prompt import DEFAULT, PromptTemplate
 
@@ -16,6 +16,7 @@ def project(tmp_path_factory, dialogsum_dir, tiny_llama_dir):
     proj = make_project(tmp_path_factory.mktemp("project"), dialogsum_dir, tiny_llama_dir)
     out = dvc(proj, "repro").stdout
     assert ran_stages(out) == ALL_STAGES, out
+    assert network_attempts() == []  # the whole pipeline ran with every network connection refused
     sh(proj, "git", "add", "-A")
     sh(proj, "git", "commit", "-qm", "first run")
     return proj

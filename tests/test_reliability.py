@@ -1,0 +1,172 @@
+"""Faults: a killed training resumes from its last complete checkpoint; killed stages leave no
+half-written outputs; identical runs give identical metrics; no network; safetensors only."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from project import NONET, dvc, env, make_project, read_json, set_params
+
+from sumlora import atomic
+
+pytestmark = pytest.mark.slow
+
+TRAIN = [sys.executable, "-m", "stages.train", "data/tokenized", "models/base", "models/adapter",
+         "models/checkpoints", "plots/training", "metrics/train.json"]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, dialogsum_dir, tiny_llama_dir):
+    proj = make_project(tmp_path_factory.mktemp("reliability"), dialogsum_dir, tiny_llama_dir,
+                        counts={"train": 40, "validation": 4, "test": 4})
+    set_params(proj, {"train.max_steps": 30, "train.save_steps": 2, "train.eval_steps": 10,
+                      "train.batch_size": 1, "train.learning_rate": 1.0e-3})
+    dvc(proj, "repro", "tokenize")
+    return proj
+
+
+def start_training(proj: Path) -> subprocess.Popen:
+    return subprocess.Popen(TRAIN, cwd=proj, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def kill_after_first_checkpoint(proj: Path, proc: subprocess.Popen) -> int:
+    """SIGKILL the training process as soon as a complete checkpoint exists; return its step."""
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        done = sorted(int(p.parent.name.split("-")[1]) for p in (proj / "models/checkpoints").glob("checkpoint-*/.complete"))
+        if done:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return done[-1]
+        assert proc.poll() is None, f"training ended before it could be killed:\n{proc.stdout.read()[-3000:]}"
+        time.sleep(0.02)
+    proc.kill()
+    raise AssertionError("no checkpoint within 300 s")
+
+
+def finish_training(proj: Path) -> str:
+    out = subprocess.run(TRAIN, cwd=proj, env=env(), capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out.stdout
+
+
+def logged_steps(proj: Path) -> list[int]:
+    tsv = (proj / "plots/training/plots/metrics/train/loss.tsv").read_text().splitlines()[1:]
+    return [int(line.split("\t")[0]) for line in tsv]
+
+
+def clear_checkpoints(proj: Path):
+    import shutil
+
+    shutil.rmtree(proj / "models/checkpoints", ignore_errors=True)
+
+
+def test_killed_training_resumes_from_last_complete_checkpoint(project):
+    clear_checkpoints(project)
+    (project / "metrics/train.json").unlink(missing_ok=True)
+    step = kill_after_first_checkpoint(project, start_training(project))
+    assert 0 < step < 30
+    assert not (project / "metrics/train.json").exists()  # nothing half-done was published
+    out = finish_training(project)
+    assert f"resuming from models/checkpoints/checkpoint-{step}" in out, out
+    assert read_json(project / "metrics/train.json")["steps"] == 30
+    timing = read_json(project / "plots/training/timing.json")
+    assert timing["resumed_from"] == f"checkpoint-{step}" and timing["steps_this_run"] == 30 - step
+    steps = logged_steps(project)  # the loss curve continues: every step logged once, in order
+    assert steps == sorted(set(steps)) and steps[0] <= step < steps[-1] == 30
+
+
+def test_incomplete_checkpoint_is_skipped(project):
+    clear_checkpoints(project)
+    step = kill_after_first_checkpoint(project, start_training(project))
+    # what a process killed while saving leaves: a later checkpoint without the completion marker
+    partial = project / f"models/checkpoints/checkpoint-{step + 2}"
+    partial.mkdir()
+    (partial / "adapter_model.safetensors").write_bytes(b"\0" * 10)
+    out = finish_training(project)
+    assert f"checkpoint-{step + 2}: incomplete" in out and f"resuming from models/checkpoints/checkpoint-{step}" in out
+    assert read_json(project / "metrics/train.json")["steps"] == 30
+
+
+def test_changed_params_start_fresh(project):
+    clear_checkpoints(project)
+    kill_after_first_checkpoint(project, start_training(project))
+    set_params(project, {"lora.r": 4})
+    try:
+        out = finish_training(project)
+    finally:
+        set_params(project, {"lora.r": 16})
+    assert "starting fresh" in out and "training from scratch" in out and "resuming" not in out
+    assert read_json(project / "plots/training/timing.json")["steps_this_run"] == 30
+
+
+def test_killed_generate_leaves_previous_output_intact(project):
+    dvc(project, "repro", "generate_base")
+    out_file = project / "data/predictions/base.jsonl"
+    before = out_file.read_bytes()
+    set_params(project, {"generate.batch_size": 1, "generate.max_new_tokens": 200})
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "stages.generate", "data/formatted/test.jsonl",
+                                 "models/base", str(out_file)], cwd=project, env=env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        for line in proc.stdout:  # the first dialogue is done: kill it midway
+            if line.strip().startswith("1/"):
+                proc.send_signal(signal.SIGKILL)
+                break
+        proc.wait()
+    finally:
+        set_params(project, {"generate.batch_size": 2, "generate.max_new_tokens": 8})
+    assert proc.returncode == -signal.SIGKILL
+    assert out_file.read_bytes() == before
+
+
+def test_atomic_output_dir_keeps_old_output_on_failure(tmp_path):
+    target = tmp_path / "adapter"
+    target.mkdir()
+    (target / "weights").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic.output_dir(target) as tmp:
+            (tmp / "weights").write_text("half")
+            raise RuntimeError("killed")
+    assert (target / "weights").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter"]
+    with atomic.output_dir(target) as tmp:
+        (tmp / "weights").write_text("new")
+    assert (target / "weights").read_text() == "new"
+
+
+def test_two_runs_with_the_same_seed_give_identical_metrics(project):
+    files = ["metrics/data.json", "metrics/train.json", "metrics/rouge.json"]
+    set_params(project, {"train.max_steps": 4, "train.save_steps": 2, "train.eval_steps": 2})
+    clear_checkpoints(project)
+    dvc(project, "repro")
+    first = {f: (project / f).read_bytes() for f in files}
+    clear_checkpoints(project)
+    dvc(project, "repro", "-f")
+    assert {f: (project / f).read_bytes() for f in files} == first
+
+
+def test_network_guard_refuses_and_records(tmp_path):
+    log = tmp_path / "attempts.log"
+    e = {**env(), "NONET_LOG": str(log)}
+    out = subprocess.run([sys.executable, "-c", "import socket; socket.create_connection(('127.0.0.1', 9), 1)"],
+                         env=e, capture_output=True, text=True)
+    assert out.returncode != 0 and "blocked by tests/nonet" in out.stderr
+    assert "127.0.0.1" in log.read_text()
+    assert str(NONET) in e["PYTHONPATH"]
+
+
+def test_pickled_adapter_weights_are_refused(project, params, tmp_path):
+    from sumlora.errors import ModelError
+    from sumlora.modeling import load_model_and_tokenizer
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8}))
+    (adapter / "adapter_model.bin").write_bytes(b"pickle")
+    with pytest.raises(ModelError, match="adapter_model.safetensors missing; pickled weights"):
+        load_model_and_tokenizer(project / "models/base", params.model, adapter)
