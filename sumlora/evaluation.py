@@ -82,6 +82,11 @@ def evaluate(ids: list[str], references: list[list[str]], systems: dict[str, lis
     return metrics, rows
 
 
+def _inline(text: str) -> str:
+    """A prediction on one Markdown line: line breaks shown as ' / ', nothing empty."""
+    return " / ".join(line.strip() for line in text.splitlines() if line.strip()) or "(empty)"
+
+
 def markdown_report(metrics: dict, rows: list[dict], dialogues: dict[str, str], n_examples: int) -> str:
     """The evaluation report: headline tables, lengths, example dialogues, biggest wins and losses."""
     names = [n for n in ("base", "base_chat", "finetuned") if n in metrics]
@@ -114,7 +119,7 @@ def markdown_report(metrics: dict, rows: list[dict], dialogues: dict[str, str], 
         for id_ in ids:
             r = by_id[id_]
             out += [f"### {id_} (ROUGE-L gain {r['rougeL_gain']:+.1f})", "", "```", dialogues[id_].strip(), "```", ""]
-            out += [f"- **{label[n]}** (ROUGE-L {r[f'rougeL_{n}']:.1f}): {r[n] or '(empty)'}" for n in names]
+            out += [f"- **{label[n]}** (ROUGE-L {r[f'rougeL_{n}']:.1f}): {_inline(r[n])}" for n in names]
             refs = [v for k, v in r.items() if k.startswith("reference_")]
             out += [f"- reference {k + 1}: {ref}" for k, ref in enumerate(refs)] + [""]
     return "\n".join(out)

@@ -136,9 +136,15 @@ def resumable_checkpoint(checkpoints_dir, fingerprint: str) -> Path | None:
     return complete[-1] if complete else None
 
 
+def _numel(p) -> int:
+    """Parameters held by a tensor; bitsandbytes packs two 4-bit weights into each uint8 element."""
+    return p.numel() * 2 if type(p).__name__ == "Params4bit" else p.numel()
+
+
 def trainable_parameters(model) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in model.parameters())
+    """(trainable, total) parameter counts; 4-bit weights counted as the weights they stand for."""
+    trainable = sum(_numel(p) for p in model.parameters() if p.requires_grad)
+    return trainable, sum(_numel(p) for p in model.parameters())
 
 
 def prepare_qlora_model(base_dir, params: Params):

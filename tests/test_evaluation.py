@@ -61,3 +61,12 @@ def test_same_predictions_same_numbers_and_report():
     report = markdown_report(m1, r1, dict(zip(IDS, ["dialogue zero", "d one", "d two", "d three"])), 2)
     assert "| rougeL |" in report and "[95% CI]" in report and "dialogue zero" in report
     assert "Biggest wins" in report and "Biggest losses" in report
+
+
+def test_report_keeps_each_prediction_on_one_line():
+    systems = {"base": ["### Output:\n\nline one\n\nline two", "", "a car", "calls"],
+               "finetuned": ["the cat sat", "dogs bark", "car", "x"]}
+    m, rows = evaluate(IDS, REFS, systems, 200, 0.95, 0)
+    report = markdown_report(m, rows, dict(zip(IDS, ["d0", "d1", "d2", "d3"])), 4)
+    assert "### Output: / line one / line two" in report
+    assert "**base (training prompt)** (ROUGE-L 0.0): (empty)" in report

@@ -125,3 +125,12 @@ def test_adapter_refused_on_another_base_model(tmp_path, tiny_llama_dir, tiny_ph
     with pytest.raises(ModelError, match=r"adapter was trained on base model '.*tiny-llama.*' \(llama, .* but "
                                          r".* holds '.*tiny-phi.*' \(phi"):
         load_model_and_tokenizer(bases["phi"], params.model, tmp_path / "adapter")
+
+
+def test_parameter_count_counts_4bit_weights_once_each(tiny_llama_dir, params):
+    from transformers import AutoModelForCausalLM
+
+    full = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_llama_dir).parameters())
+    model, _ = prepare_qlora_model(tiny_llama_dir, params)
+    trainable, total = trainable_parameters(model)
+    assert total == full + trainable  # the base's weights, whether 4-bit or not, plus the LoRA ones

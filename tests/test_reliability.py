@@ -170,3 +170,17 @@ def test_pickled_adapter_weights_are_refused(project, params, tmp_path):
     (adapter / "adapter_model.bin").write_bytes(b"pickle")
     with pytest.raises(ModelError, match="adapter_model.safetensors missing; pickled weights"):
         load_model_and_tokenizer(project / "models/base", params.model, adapter)
+
+
+def test_outputs_get_ordinary_file_permissions(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        atomic.write_text(tmp_path / "m.json", "{}")
+        with atomic.output_dir(tmp_path / "d") as tmp:
+            (tmp / "f").write_text("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
