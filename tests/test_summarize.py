@@ -1,0 +1,70 @@
+"""The command-line summarizer: base + adapter, the adapter's own template, clear errors."""
+
+import io
+import json
+import re
+
+import pytest
+
+from sumlora.generation import generate_summaries
+from sumlora.modeling import ADAPTER_INFO, load_model_and_tokenizer, materialize_base, read_base_info
+from sumlora.params import ModelParams
+from sumlora.prompt import PromptTemplate
+from sumlora.summarize import main
+from sumlora.training import prepare_qlora_model
+
+DIALOGUE = "#Person1#: Are you coming to the party tonight?\n#Person2#: Yes, I'll bring a cake."
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_llama_dir, tiny_phi_dir):
+    from conftest import ROOT
+
+    from sumlora.params import load_params
+
+    root = tmp_path_factory.mktemp("summarize")
+    for name, src in (("base", tiny_llama_dir), ("other_base", tiny_phi_dir)):
+        materialize_base(str(src), root / name)
+    params = load_params(ROOT / "params.yaml")
+    model, _ = prepare_qlora_model(root / "base", params)
+    model.save_pretrained(root / "adapter")
+    template = PromptTemplate(intro="Summarize this chat.", end_marker="<never emitted>")  # read from the adapter
+    template.save(root / "adapter")
+    (root / "adapter" / ADAPTER_INFO).write_text(json.dumps({"base_model": read_base_info(root / "base")}))
+    return root, template
+
+
+def run(argv, stdin=""):
+    out = io.StringIO()
+    code = main(argv, stdin=io.StringIO(stdin), stdout=out)
+    return code, out.getvalue()
+
+
+def test_summary_from_stdin_and_file_match_base_plus_adapter(trained, tmp_path, capsys):
+    root, template = trained
+    args = ["--adapter", str(root / "adapter"), "--base", str(root / "base"), "--params", "missing.yaml",
+            "--max-new-tokens", "10"]
+    code, from_stdin = run(args, DIALOGUE)
+    assert code == 0, capsys.readouterr().err
+    (tmp_path / "d.txt").write_text(DIALOGUE)
+    assert run(args + [str(tmp_path / "d.txt")]) == (0, from_stdin)
+    model, tok = load_model_and_tokenizer(root / "base", ModelParams(), root / "adapter")
+    assert from_stdin == generate_summaries(model, tok, template, [DIALOGUE], 1, 10)[0] + "\n"
+
+
+@pytest.mark.parametrize("case, message", [
+    ("empty", "standard input: empty input, nothing to summarize"),
+    ("no_adapter", r"no adapter here \(adapter_config.json missing"),
+    ("other_base", "this adapter was trained on base model"),
+    ("too_long", r"the prompt is \d+ tokens; with 10 new tokens that exceeds the model's context of 2048 tokens. "
+                 r"Nothing was generated"),
+])
+def test_clear_errors(trained, tmp_path, capsys, case, message):
+    root, _ = trained
+    adapter = tmp_path / "nothing" if case == "no_adapter" else root / "adapter"
+    base = root / ("other_base" if case == "other_base" else "base")
+    text = {"empty": "  \n", "too_long": "#Person1#: hello there. " * 3000}.get(case, DIALOGUE)
+    code, out = run(["--adapter", str(adapter), "--base", str(base), "--params", "missing.yaml",
+                     "--max-new-tokens", "10"], text)
+    assert code == 1 and out == ""
+    assert re.search(message, capsys.readouterr().err)
