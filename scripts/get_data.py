@@ -44,11 +44,13 @@ def main(argv: list[str]) -> int:
         with atomic.output_dir(args.out) as tmp:
             if args.source == "hub":
                 from_hub(tmp)
+                sources = {split: tmp / f"{split}.jsonl" for split in SPLITS}
             else:
-                for split in SPLITS:
-                    read_jsonl(Path(args.source) / f"{split}.jsonl")  # validate
-                    (tmp / f"{split}.jsonl").write_bytes((Path(args.source) / f"{split}.jsonl").read_bytes())
-            counts = {split: len(read_jsonl(tmp / f"{split}.jsonl")) for split in SPLITS}
+                sources = {split: Path(args.source) / f"{split}.jsonl" for split in SPLITS}
+            counts = {split: len(read_jsonl(path)) for split, path in sources.items()}  # validates every row
+            if args.source != "hub":
+                for split, path in sources.items():
+                    (tmp / f"{split}.jsonl").write_bytes(path.read_bytes())
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
