@@ -38,15 +38,15 @@ def env() -> dict:
     return e
 
 
-def sh(cwd: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(list(cmd), cwd=cwd, env=env(), capture_output=True, text=True)
+def sh(cwd: Path, *cmd: str, check: bool = True, extra_env: dict | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(list(cmd), cwd=cwd, env={**env(), **(extra_env or {})}, capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc
 
 
-def dvc(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return sh(cwd, sys.executable, "-m", "dvc", *args, check=check)
+def dvc(cwd: Path, *args: str, check: bool = True, extra_env: dict | None = None) -> subprocess.CompletedProcess:
+    return sh(cwd, sys.executable, "-m", "dvc", *args, check=check, extra_env=extra_env)
 
 
 def write_rows(src: Path, dst: Path, counts: dict[str, int]) -> None:
@@ -62,6 +62,7 @@ def tiny_params(model_dir: Path) -> dict:
     p["model"]["name"] = str(model_dir)
     p["tokenize"]["max_length"] = 1024
     p["train"].update(max_steps=2, learning_rate=5.0e-2, eval_steps=1, save_steps=1, warmup_steps=0, logging_steps=1, batch_size=2,
+                      gradient_accumulation_steps=1,
                       max_eval_samples=2)
     p["generate"].update(num_dialogues=3, max_new_tokens=8, batch_size=2)
     return p

@@ -1,6 +1,8 @@
 """End to end: `dvc repro` in a temporary copy of the project with a tiny model and a few rows."""
 
 import json
+import re
+import time
 
 import pytest
 from project import dvc, make_project, network_attempts, ran_stages, read_json, set_params, sh
@@ -105,26 +107,31 @@ def test_same_predictions_give_byte_identical_metrics(project):
     assert {f: (project / f).read_bytes() for f in files} == before
 
 
-@pytest.mark.slow
-def test_exp_run_with_set_param_is_listed_in_exp_show(project):
-    out = dvc(project, "exp", "run", "-S", "lora.r=2", "-S", "train.max_steps=1").stdout
-    assert ran_stages(out) == {"train", "generate_finetuned", "evaluate"}, out
-    shown = dvc(project, "exp", "show", "--json").stdout
-    exps = []
+def experiments(exp_show_json: str) -> list[dict]:
+    """The experiments (not the workspace or commits' own rows) in `dvc exp show --json` output."""
+    found = []
 
     def walk(node):
         if isinstance(node, dict):
             data = node.get("data")
-            if isinstance(data, dict) and "params" in data:
-                exps.append(data)
+            if isinstance(data, dict) and "params" in data and data.get("rev") != "workspace":
+                found.append(data)
             for v in node.values():
                 walk(v)
         elif isinstance(node, list):
             for v in node:
                 walk(v)
 
-    walk(json.loads(shown))
-    ours = [d for d in exps if d["rev"] != "workspace" and d["params"]["params.yaml"]["data"]["lora"]["r"] == 2]
+    walk(json.loads(exp_show_json))
+    return found
+
+
+@pytest.mark.slow
+def test_exp_run_with_set_param_is_listed_in_exp_show(project):
+    out = dvc(project, "exp", "run", "-S", "lora.r=2", "-S", "train.max_steps=1").stdout
+    assert ran_stages(out) == {"train", "generate_finetuned", "evaluate"}, out
+    shown = dvc(project, "exp", "show", "--json").stdout
+    ours = [d for d in experiments(shown) if d["params"]["params.yaml"]["data"]["lora"]["r"] == 2]
     assert len(ours) == 1, shown[:2000]
     assert ours[0]["params"]["params.yaml"]["data"]["train"]["max_steps"] == 1
     rouge = ours[0]["metrics"]["metrics/rouge.json"]["data"]
@@ -138,3 +145,30 @@ def test_plots_show_renders_the_declared_plots(project, tmp_path):
     html = (tmp_path / "html" / "index.html").read_text()
     for needle in ("Training and validation loss", "ROUGE (all references)", "loss.png", "rouge.png"):
         assert needle in html, needle
+
+
+@pytest.mark.slow
+def test_queued_sweep_runs_every_combination_and_exp_show_compares_them(project):
+    out = dvc(project, "exp", "run", "--queue", "-S", "lora.r=3,5", "-S", "train.max_steps=1").stdout
+    assert out.count("Queued experiment") == 2, out
+    dvc(project, "queue", "start", "-j", "1")
+    deadline = time.monotonic() + 900
+    while True:
+        status = dvc(project, "queue", "status").stdout
+        if not re.search(r"\b(Queued|Running)\b", status):
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(3)
+    assert "Failed" not in status, status
+    dvc(project, "queue", "stop", check=False)
+    sweep = {d["params"]["params.yaml"]["data"]["lora"]["r"]: d
+             for d in experiments(dvc(project, "exp", "show", "--json").stdout)
+             if d["params"]["params.yaml"]["data"]["lora"]["r"] in (3, 5)}
+    assert set(sweep) == {3, 5}, status
+    for d in sweep.values():
+        assert d["params"]["params.yaml"]["data"]["train"]["max_steps"] == 1
+        assert 0 <= d["metrics"]["metrics/rouge.json"]["data"]["finetuned"]["all_refs"]["rougeL"] <= 100
+        assert d["metrics"]["metrics/train.json"]["data"]["steps"] == 1
+    # LoRA rank shows in the trainable parameter count: the two runs really differed
+    assert (sweep[3]["metrics"]["metrics/train.json"]["data"]["trainable_params"]
+            < sweep[5]["metrics"]["metrics/train.json"]["data"]["trainable_params"])
