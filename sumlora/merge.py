@@ -1,0 +1,80 @@
+"""Export base model + adapter merged into one standalone model directory.
+
+    python -m sumlora.merge --adapter models/adapter models/merged
+
+The result is plain safetensors + tokenizer (+ the adapter's prompt template) that
+``AutoModelForCausalLM.from_pretrained`` loads without peft or bitsandbytes.
+
+QLoRA trains the adapter against the 4-bit NF4 base. Merging loads that same 4-bit base,
+de-quantizes it (the exact weights the adapter was trained with) to ``--dtype``, then adds the
+LoRA update, so the merged model computes what base + adapter computed. It never merges into
+4-bit weights: re-quantizing W + BA to NF4 rounds most of the small LoRA update away and
+degrades the model, so this tool has no such mode (and says which way it merged).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from sumlora.errors import SumloraError
+
+MERGE_INFO = "merge_info.json"  # beside the merged model: what was merged, and how
+
+
+def merge(base_dir, adapter_dir, out_dir, model_params, dtype: str = "float32") -> dict:
+    """Merge ``adapter_dir`` into the de-quantized base in ``base_dir``; write ``out_dir`` atomically."""
+    import torch
+
+    from sumlora import atomic
+    from sumlora.modeling import attach_adapter, load_model_and_tokenizer, read_base_info
+    from sumlora.prompt import PromptTemplate
+
+    template = PromptTemplate.load(adapter_dir)
+    model, tok = load_model_and_tokenizer(base_dir, model_params)  # quantized as in training
+    quantized = getattr(model, "hf_quantizer", None) is not None
+    if quantized:
+        model = model.dequantize(dtype=getattr(torch, dtype))
+    model = model.to(getattr(torch, dtype))
+    merged = attach_adapter(model, adapter_dir, base_dir).merge_and_unload()
+    merged.config.use_cache = True
+    info = {"base_model": read_base_info(base_dir), "adapter": str(adapter_dir), "dtype": dtype,
+            "base_dequantized_from": model_params.quant_type if quantized else None}
+    with atomic.output_dir(out_dir) as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        template.save(tmp)
+        atomic.write_json(Path(tmp) / MERGE_INFO, info)
+    return info
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m sumlora.merge", description=__doc__.splitlines()[0])
+    ap.add_argument("out_dir", type=Path, help="directory to write (replaced as a whole if it exists)")
+    ap.add_argument("--adapter", type=Path, required=True, help="adapter directory (models/adapter)")
+    ap.add_argument("--base", type=Path, default=Path("models/base"), help="base model directory")
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file for model settings")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                    help="dtype of the merged weights (default float32)")
+    args = ap.parse_args(argv)
+    from sumlora.cli import offline
+    from sumlora.params import ModelParams, load_params
+
+    offline()
+    try:
+        model_params = load_params(args.params).model if args.params.is_file() else ModelParams()
+        info = merge(args.base, args.adapter, args.out_dir, model_params, args.dtype)
+    except (SumloraError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    how = (f"de-quantized from 4-bit {info['base_dequantized_from']} to {info['dtype']} (not merged into "
+           "4-bit weights: re-quantizing would round most of the LoRA update away)"
+           if info["base_dequantized_from"] else f"in {info['dtype']}")
+    print(f"{args.out_dir}: {args.base} + {args.adapter} merged, base {how}. "
+          f"Load it with AutoModelForCausalLM.from_pretrained({str(args.out_dir)!r}).")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,86 @@
+"""Merging base + adapter into a standalone model that plain transformers loads."""
+
+import json
+
+import pytest
+import torch
+
+from sumlora.generation import generate_summaries
+from sumlora.merge import MERGE_INFO, main
+from sumlora.modeling import ADAPTER_INFO, load_model_and_tokenizer, materialize_base, read_base_info
+from sumlora.params import load_params
+from sumlora.prompt import DEFAULT
+from sumlora.training import prepare_qlora_model
+
+DIALOGUES = ["#Person1#: Are you coming tonight?\n#Person2#: Yes, I'll bring a cake.",
+             "#Person1#: The train is late again.\n#Person2#: Let's take the bus to the office then.",
+             "#Person1#: Can I pay by card?\n#Person2#: Sorry, cash only."]
+
+
+@pytest.fixture(scope="module", params=["llama", "phi"])
+def adapter(request, tmp_path_factory, tiny_llama_dir, tiny_phi_dir):
+    from conftest import ROOT
+
+    root = tmp_path_factory.mktemp(f"merge-{request.param}")
+    materialize_base(str(tiny_llama_dir if request.param == "llama" else tiny_phi_dir), root / "base")
+    params = load_params(ROOT / "params.yaml")
+    model, _ = prepare_qlora_model(root / "base", params)
+    torch.manual_seed(0)
+    with torch.no_grad():  # a fresh LoRA B is zero (a no-op); make the update large enough to matter
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    model.save_pretrained(root / "adapter")
+    DEFAULT.save(root / "adapter")
+    (root / "adapter" / ADAPTER_INFO).write_text(json.dumps({"base_model": read_base_info(root / "base")}))
+    return root, params.model
+
+
+def summaries(model, tok):
+    return generate_summaries(model, tok, DEFAULT, DIALOGUES, batch_size=2, max_new_tokens=12)
+
+
+def test_merged_model_loads_plainly_and_matches_base_plus_adapter(adapter, capsys):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    root, model_params = adapter
+    assert model_params.load_in_4bit  # the default: the adapter was trained on a 4-bit base
+    assert main([str(root / "merged"), "--adapter", str(root / "adapter"), "--base", str(root / "base"),
+                 "--params", "missing.yaml"]) == 0
+    assert "de-quantized from 4-bit nf4" in capsys.readouterr().out
+
+    files = {p.name for p in (root / "merged").iterdir()}
+    assert "model.safetensors" in files and not any(f.endswith((".bin", ".pt")) for f in files)
+    assert not any(f.startswith("adapter_") for f in files)
+    config = json.loads((root / "merged" / "config.json").read_text())
+    assert "quantization_config" not in config
+    assert json.loads((root / "merged" / MERGE_INFO).read_text())["base_dequantized_from"] == "nf4"
+
+    merged = AutoModelForCausalLM.from_pretrained(root / "merged").eval()  # plain: no peft, no 4-bit
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    tok = AutoTokenizer.from_pretrained(root / "merged")
+    with_adapter = summaries(*load_model_and_tokenizer(root / "base", model_params, root / "adapter"))
+    assert summaries(merged, tok) == with_adapter
+    base_only = summaries(*load_model_and_tokenizer(root / "base", model_params))
+    assert base_only != with_adapter  # the adapter changes the output, so the comparison means something
+
+
+def test_merge_refuses_a_missing_adapter_and_writes_nothing(adapter, tmp_path, capsys):
+    root, _ = adapter
+    out = tmp_path / "merged"
+    assert main([str(out), "--adapter", str(tmp_path / "nope"), "--base", str(root / "base"),
+                 "--params", "missing.yaml"]) == 1
+    assert "nope" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_merge_refuses_an_adapter_for_another_base(adapter, tmp_path, capsys, tiny_phi_dir, tiny_llama_dir):
+    root, _ = adapter
+    other = tmp_path / "other"
+    src = tiny_phi_dir if read_base_info(root / "base")["model_type"] == "llama" else tiny_llama_dir
+    materialize_base(str(src), other)
+    assert main([str(tmp_path / "m"), "--adapter", str(root / "adapter"), "--base", str(other),
+                 "--params", "missing.yaml"]) == 1
+    assert "was trained on base model" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
