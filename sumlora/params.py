@@ -33,9 +33,12 @@ class ModelParams:
     quant_type: str = "nf4"
     double_quant: bool = True
     compute_dtype: str = "float32"
+    quant_storage: str = "uint8"
 
     def check(self) -> list[tuple[str, str]]:
         errs = []
+        if self.quant_storage not in ("uint8",) + DTYPES:
+            errs.append(("quant_storage", f"must be 'uint8' or one of {DTYPES}, got {self.quant_storage!r}"))
         if not self.name.strip():
             errs.append(("name", "must not be empty"))
         if self.quant_type not in ("nf4", "fp4"):
@@ -229,9 +232,11 @@ def _build(cls, data, prefix: str, errors: list[str]):
         path = f"{prefix}{name}"
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, data.get(name, {}) if name in data else None, f"{path}.", errors)
-            if name not in data:
-                errors[-1] = f"{path}: missing section"
+            if name not in data:  # one line for the whole section, not one per key in it
+                errors.append(f"{path}: missing section")
+                kwargs[name] = tp()
+            else:
+                kwargs[name] = _build(tp, data[name], f"{path}.", errors)
             continue
         if name not in data:
             errors.append(f"{path}: missing (every param must be set in params.yaml so DVC can track it)")

@@ -52,6 +52,15 @@ def test_all_problems_reported_at_once_with_key_paths():
     assert "7 problem(s)" in msg
 
 
+def test_a_missing_section_is_one_problem():
+    data = committed()
+    del data["format"]
+    with pytest.raises(ParamsError) as e:
+        parse_params(data)
+    assert "format: missing section" in str(e.value)
+    assert "1 problem(s)" in str(e.value), str(e.value)
+
+
 def test_bool_is_not_an_int_and_int_is_a_float():
     data = committed()
     data["train"]["max_steps"] = True
