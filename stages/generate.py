@@ -8,6 +8,9 @@ Default: the training prompt (with an adapter, the template saved beside it). ``
 zero-shot baseline, a plain instruction through the tokenizer's chat template; a tokenizer
 without one gets an empty output file (evaluate then skips that baseline).
 Output JSONL: id, dialogue, references, prediction.
+
+Under ``accelerate launch`` / torchrun each process summarizes its own share of the
+dialogues; the main process gathers them and writes the file.
 """
 
 from __future__ import annotations
@@ -33,27 +36,41 @@ def main(argv: list[str]) -> None:
     args = ap.parse_args(argv)
     params = load_params()
     cli.offline()
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
     from sumlora.generation import generate_chat_summaries, generate_summaries
     from sumlora.modeling import load_model_and_tokenizer
 
     gp = params.generate
+    state = PartialState(cpu=not torch.cuda.is_available())  # one process unless launched with several
     records = load_records(args.test_file)[:gp.num_dialogues]
     model, tok = load_model_and_tokenizer(args.base_dir, params.model, args.adapter)
-    dialogues = [r["dialogue"] for r in records]
     progress = lambda done, n: print(f"  {done}/{n}", flush=True)  # noqa: E731
     start = time.perf_counter()
-    if args.chat and not getattr(tok, "chat_template", None):
+    with state.split_between_processes(list(range(len(records)))) as mine:
+        dialogues = [records[i]["dialogue"] for i in mine]
+        if args.chat and not getattr(tok, "chat_template", None):
+            preds = None
+        elif args.chat:
+            preds = generate_chat_summaries(model, tok, dialogues, gp.batch_size, gp.max_new_tokens, progress)
+        else:
+            template = PromptTemplate.load(args.adapter) if args.adapter else DEFAULT
+            preds = generate_summaries(model, tok, template, dialogues, gp.batch_size, gp.max_new_tokens, progress)
+        gathered = gather_object([(i, p) for i, p in zip(mine, preds or [])])
+    if not state.is_main_process:
+        return
+    if preds is None:
         print("the tokenizer has no chat template: no zero-shot chat baseline")
-        records, preds = [], []
-    elif args.chat:
-        preds = generate_chat_summaries(model, tok, dialogues, gp.batch_size, gp.max_new_tokens, progress)
-    else:
-        template = PromptTemplate.load(args.adapter) if args.adapter else DEFAULT
-        preds = generate_summaries(model, tok, template, dialogues, gp.batch_size, gp.max_new_tokens, progress)
+        records = []
+    preds = [p for _, p in sorted(gathered)]
     elapsed = time.perf_counter() - start
     atomic.write_jsonl(args.out_file, [{"id": r["id"], "dialogue": r["dialogue"], "references": r["references"],
                                         "prediction": p} for r, p in zip(records, preds)])
-    print(f"{len(preds)} summaries in {elapsed:.1f} s -> {args.out_file}")
+    print(f"{len(preds)} summaries in {elapsed:.1f} s -> {args.out_file}"
+          + (f" ({state.num_processes} processes)" if state.num_processes > 1 else "")
+          + f"; peak memory {cli.peak_rss_mb()} MiB")
 
 
 if __name__ == "__main__":

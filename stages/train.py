@@ -6,6 +6,10 @@ Writes the adapter (safetensors + tokenizer + prompt template) atomically, loss 
 with dvclive (and loss.png), final losses, steps and parameter counts as metrics (identical
 for identical runs), and wall time in plots/training/timing.json. Resumes from the last
 complete checkpoint of the same run when one exists (see sumlora/training.py).
+
+Data-parallel on several devices or machines: launch it with accelerate (or torchrun),
+e.g. ``accelerate launch --multi_gpu --num_processes 2 -m stages.train ...``; each process
+trains on its own share of every batch and only the main process writes outputs.
 """
 
 from __future__ import annotations
@@ -29,10 +33,14 @@ def main(argv: list[str]) -> None:
 
     metrics, timing = train(params, args.tokenized_dir, args.base_dir, args.adapter_dir, args.checkpoints_dir,
                             args.live_dir, DEFAULT)
+    if metrics is None:
+        return  # not the main process of a multi-process run: the main one writes every output
     atomic.write_json(args.live_dir / "timing.json", timing)
     atomic.write_json(args.metrics, metrics)
+    print(f"adapter saved to {args.adapter_dir}")
     print(f"trained to step {metrics['steps']} ({timing['steps_this_run']} steps in {timing['runtime_s']} s): "
-          f"eval loss {metrics['eval_loss']}")
+          f"eval loss {metrics['eval_loss']}; {timing['real_tokens_per_s']} real tokens/s, "
+          f"padding {timing['padding_fraction']:.1%}, peak memory {timing['peak_rss_mb']} MiB")
 
 
 if __name__ == "__main__":

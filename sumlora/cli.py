@@ -17,6 +17,13 @@ def offline() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
+def peak_rss_mb() -> int:
+    """Peak resident memory of this process so far, in MiB (Linux reports ru_maxrss in KiB)."""
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
 def run(main: Callable[[list[str]], None]) -> None:
     """Run a stage's ``main``; known input errors print one clear message and exit 1."""
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import random
 import shutil
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 
 from sumlora import atomic
+from sumlora.cli import peak_rss_mb
 from sumlora.modeling import ADAPTER_INFO, load_model_and_tokenizer, lora_config, read_base_info
 from sumlora.params import Params
 from sumlora.plots import loss_curves
@@ -46,7 +48,62 @@ class PadCollator:
             input_ids[i, :k] = torch.tensor(f["input_ids"])
             labels[i, :k] = torch.tensor(f["labels"])
             attention[i, :k] = 1
-        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+        batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+        if all("row" in f for f in features):  # training rows carry their row number (for the statistics)
+            batch["row"] = torch.tensor([f["row"] for f in features], dtype=torch.long)
+        return batch
+
+
+def summary_loss(model, inputs: dict, num_items_in_batch=None):
+    """Next-token cross-entropy on the label tokens only, computing the LM head only where it is needed.
+
+    The usual forward projects every position onto the vocabulary (B x T x V logits, 49k wide
+    for SmolLM2) although only the summary positions carry labels. Here ``logits_to_keep`` (a
+    B x T boolean mask) keeps just the positions whose next token is a label, so the head's
+    compute and its logits memory shrink to the summary tokens. Same value as the model's own
+    loss: summed over label tokens, divided by their count (``num_items_in_batch``, the count over
+    the accumulated batches and processes when the Trainer supplies it).
+    """
+    labels, mask = inputs["labels"], inputs["attention_mask"]
+    targets = labels[:, 1:]
+    keep = torch.nn.functional.pad(targets != IGNORE_INDEX, (0, 1), value=False)  # position t predicts t+1
+    # Right padding (PadCollator's): with causal attention no real token sees a later pad, so the
+    # padding mask changes nothing that is scored; without it attention runs as plain causal SDPA
+    # (the fused kernel) instead of materialising a masked score matrix.
+    right_padded = bool((mask[:, :-1] >= mask[:, 1:]).all()) and bool(mask[:, 0].all())
+    outputs = model(input_ids=inputs["input_ids"], attention_mask=None if right_padded else mask,
+                    logits_to_keep=keep, use_cache=False)
+    logits = outputs.logits.reshape(-1, outputs.logits.shape[-1])  # (label tokens, V), row-major order
+    loss = torch.nn.functional.cross_entropy(logits.float(), targets[targets != IGNORE_INDEX], reduction="sum")
+    count = num_items_in_batch if num_items_in_batch is not None else keep.sum()
+    return loss / count, outputs
+
+
+def trainer_class():
+    from transformers import Trainer
+
+    class SummaryLossTrainer(Trainer):
+        """A Trainer whose loss is :func:`summary_loss`."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.model_accepts_loss_kwargs = True  # our loss divides by num_items_in_batch itself
+            self.rows_trained: list[int] = []  # training rows this process computed a loss on, in order
+            self.tokens_trained = self.padding_trained = 0
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if model.training and "row" in inputs:
+                self.rows_trained += inputs["row"].tolist()
+                real = int(inputs["attention_mask"].sum())
+                self.tokens_trained += real
+                self.padding_trained += inputs["attention_mask"].numel() - real
+            loss, outputs = summary_loss(model, inputs, num_items_in_batch)
+            if (self.args.average_tokens_across_devices and num_items_in_batch is not None
+                    and self.accelerator.num_processes > 1):
+                loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
+            return (loss, outputs) if return_outputs else loss
+
+    return SummaryLossTrainer
 
 
 COMPLETE = ".complete"  # written into checkpoint-N once the Trainer has finished saving it
@@ -136,15 +193,15 @@ def resumable_checkpoint(checkpoints_dir, fingerprint: str) -> Path | None:
     return complete[-1] if complete else None
 
 
-def _numel(p) -> int:
+def weight_count(p) -> int:
     """Parameters held by a tensor; bitsandbytes packs two 4-bit weights into each uint8 element."""
     return p.numel() * 2 if type(p).__name__ == "Params4bit" else p.numel()
 
 
 def trainable_parameters(model) -> tuple[int, int]:
     """(trainable, total) parameter counts; 4-bit weights counted as the weights they stand for."""
-    trainable = sum(_numel(p) for p in model.parameters() if p.requires_grad)
-    return trainable, sum(_numel(p) for p in model.parameters())
+    trainable = sum(weight_count(p) for p in model.parameters() if p.requires_grad)
+    return trainable, sum(weight_count(p) for p in model.parameters())
 
 
 def prepare_qlora_model(base_dir, params: Params):
@@ -166,40 +223,63 @@ def prepare_qlora_model(base_dir, params: Params):
     return model, tok
 
 
+def length_grouped_order(lengths: list[int], batch_rows: int, rows_needed: int, seed: int,
+                         window_batches: int = 16) -> list[int]:
+    """The order in which training rows are fed, ``rows_needed`` long (epochs back to back).
+
+    Each epoch is a fresh seeded shuffle, cut into windows of ``window_batches`` batches; each
+    window is sorted by length and cut into batches, so a batch holds rows of similar length
+    (little padding) while every batch still comes from a random part of the data; the
+    batches of an epoch are then shuffled. Deterministic for a seed, so a resumed run skips
+    exactly the batches it already trained on.
+    """
+    rng = random.Random(seed)
+    n, order = len(lengths), []
+    while len(order) < rows_needed:
+        perm = list(range(n))
+        rng.shuffle(perm)
+        batches = []
+        for w in range(0, n, window_batches * batch_rows):
+            window = sorted(perm[w:w + window_batches * batch_rows], key=lambda i: (lengths[i], i))
+            batches += [window[j:j + batch_rows] for j in range(0, len(window), batch_rows)]
+        rng.shuffle(batches)
+        order += [i for b in batches for i in b]
+    return order[:rows_needed]
+
+
+def grouped_by_length(train_ds, params: Params, processes: int = 1):
+    """``train_ds`` in :func:`length_grouped_order` for the whole run (unchanged if train.group_by_length is off)."""
+    tp = params.train
+    if not tp.group_by_length:
+        return train_ds
+    rows_needed = tp.max_steps * tp.batch_size * tp.gradient_accumulation_steps * processes
+    return train_ds.select(length_grouped_order([len(x) for x in train_ds["input_ids"]], tp.batch_size,
+                                                rows_needed, params.seed))
+
+
 def _load_split(path: Path):
     from datasets import Dataset
 
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not rows:
         raise ValueError(f"{path}: no training rows (all dropped as over-length?)")
-    return Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
+    return Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"], "row": i}
+                              for i, r in enumerate(rows)])
 
 
-def train(params: Params, tokenized_dir, base_dir, adapter_dir, checkpoints_dir, live_dir,
-          template: PromptTemplate) -> dict:
-    """Train a LoRA adapter; write it (with tokenizer and template) atomically to ``adapter_dir``."""
-    from dvclive import Live
-    from transformers import Trainer, TrainingArguments, set_seed
+def training_arguments(params: Params, output_dir, **overrides):
+    """The TrainingArguments of the train stage (``overrides`` replace single fields, for benchmarks)."""
+    from transformers import TrainingArguments
 
     tp = params.train
-    set_seed(params.seed)
-    tokenized_dir = Path(tokenized_dir)
-    train_ds = _load_split(tokenized_dir / "train.jsonl")
-    eval_ds = _load_split(tokenized_dir / "validation.jsonl")
-    if tp.max_eval_samples is not None and len(eval_ds) > tp.max_eval_samples:
-        eval_ds = eval_ds.select(range(tp.max_eval_samples))
-
-    model, tok = prepare_qlora_model(base_dir, params)
-    trainable, total = trainable_parameters(model)
     cuda = torch.cuda.is_available()
-    resume = resumable_checkpoint(checkpoints_dir, run_fingerprint(params, tokenized_dir, base_dir))
-    print(f"resuming from {resume}" if resume else "training from scratch")
-    args = TrainingArguments(
-        output_dir=str(checkpoints_dir), max_steps=tp.max_steps, learning_rate=tp.learning_rate,
+    kwargs = dict(
+        output_dir=str(output_dir), max_steps=tp.max_steps, learning_rate=tp.learning_rate,
         lr_scheduler_type=tp.lr_scheduler, warmup_steps=tp.warmup_steps, weight_decay=tp.weight_decay,
         max_grad_norm=tp.max_grad_norm, per_device_train_batch_size=tp.batch_size,
         per_device_eval_batch_size=tp.batch_size, gradient_accumulation_steps=tp.gradient_accumulation_steps,
-        optim=tp.optim, train_sampling_strategy="group_by_length" if tp.group_by_length else "random",
+        # group_by_length: the dataset comes in length_grouped_order already, so read it in sequence
+        optim=tp.optim, train_sampling_strategy="sequential" if tp.group_by_length else "random",
         eval_strategy="steps", eval_steps=tp.eval_steps, save_strategy="steps", save_steps=tp.save_steps,
         save_total_limit=2,
         logging_steps=tp.logging_steps, seed=params.seed, data_seed=params.seed, report_to="none",
@@ -209,13 +289,50 @@ def train(params: Params, tokenized_dir, base_dir, adapter_dir, checkpoints_dir,
         use_cpu=not cuda, bf16=cuda and params.model.compute_dtype == "bfloat16",
         fp16=cuda and params.model.compute_dtype == "float16", dataloader_num_workers=0,
         disable_tqdm=True)
-    live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
-    trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                      data_collator=PadCollator(tok.pad_token_id), callbacks=_callbacks(live))
+    kwargs.update(overrides)
+    return TrainingArguments(**kwargs)
+
+
+def train(params: Params, tokenized_dir, base_dir, adapter_dir, checkpoints_dir, live_dir,
+          template: PromptTemplate) -> dict:
+    """Train a LoRA adapter; write it (with tokenizer and template) atomically to ``adapter_dir``."""
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+    from dvclive import Live
+    from transformers import set_seed
+
+    tp = params.train
+    set_seed(params.seed)
+    tokenized_dir = Path(tokenized_dir)
+    train_ds = _load_split(tokenized_dir / "train.jsonl")
+    eval_ds = _load_split(tokenized_dir / "validation.jsonl").remove_columns("row")
+    if tp.max_eval_samples is not None and len(eval_ds) > tp.max_eval_samples:
+        eval_ds = eval_ds.select(range(tp.max_eval_samples))
+
+    model, tok = prepare_qlora_model(base_dir, params)
+    trainable, total = trainable_parameters(model)
+    cuda = torch.cuda.is_available()
+    # One process per device under `accelerate launch` / torchrun (data-parallel); else just one.
+    state = PartialState(cpu=not cuda)
+    train_ds = grouped_by_length(train_ds, params, state.num_processes)
+    main = state.is_main_process
+    with state.main_process_first():  # the main process clears stale checkpoints before the others look
+        resume = resumable_checkpoint(checkpoints_dir, run_fingerprint(params, tokenized_dir, base_dir))
+    if main:
+        print(f"resuming from {resume}" if resume else "training from scratch"
+              + (f" on {state.num_processes} processes ({state.backend})" if state.num_processes > 1 else ""))
+    args = training_arguments(params, checkpoints_dir)
+    live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None) if main else None
+    trainer = trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                               data_collator=PadCollator(tok.pad_token_id), callbacks=_callbacks(live))
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     runtime = time.perf_counter() - start
-    final_eval = trainer.evaluate()
+    train_rows, train_tokens, train_padding = trainer.rows_trained, trainer.tokens_trained, trainer.padding_trained
+    final_eval = trainer.evaluate()  # every process takes part; only the main one writes below
+    per_process = gather_object([{"rows": train_rows, "tokens": train_tokens, "padding": train_padding}])
+    if not main:
+        return None, None
     live.end()
     loss_curves(trainer.state.log_history, Path(live_dir) / "loss.png")
 
@@ -238,5 +355,13 @@ def train(params: Params, tokenized_dir, base_dir, adapter_dir, checkpoints_dir,
     }
     timing = {"runtime_s": round(runtime, 1), "resumed_from": resume.name if resume else None,
               "device": "cuda" if cuda else "cpu",
-              "steps_this_run": int(trainer.state.global_step) - (_step(resume) if resume else 0)}
+              "steps_this_run": int(trainer.state.global_step) - (_step(resume) if resume else 0),
+              "processes": state.num_processes,
+              "rows_per_process": [len(p["rows"]) for p in per_process],
+              "rows_seen_by_several_processes": len(set.intersection(*[set(p["rows"]) for p in per_process]))
+              if len(per_process) > 1 else 0,
+              "padding_fraction": round(sum(p["padding"] for p in per_process)
+                                        / max(1, sum(p["padding"] + p["tokens"] for p in per_process)), 4),
+              "real_tokens_per_s": round(sum(p["tokens"] for p in per_process) / runtime, 1),
+              "peak_rss_mb": peak_rss_mb()}
     return metrics, timing

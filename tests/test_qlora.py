@@ -7,7 +7,7 @@ from sumlora.modeling import DEFAULT_TARGET_MODULES, bnb_config, lora_config
 from sumlora.params import LoraParams
 from sumlora.prompt import DEFAULT
 from sumlora.tokenizing import encode_example
-from sumlora.training import PadCollator, prepare_qlora_model, trainable_parameters
+from sumlora.training import PadCollator, prepare_qlora_model, summary_loss, trainable_parameters
 
 ARCHS = {"llama": "tiny_llama_dir", "phi": "tiny_phi_dir"}
 
@@ -72,11 +72,13 @@ def test_bnb_and_lora_configs_follow_params(params):
     assert lc.target_modules == {"fc1"}
 
 
-def test_unknown_architecture_needs_target_modules():
-    from sumlora.errors import ModelError
-
-    with pytest.raises(ModelError, match="lora.target_modules: no default for architecture 'mamba'"):
-        lora_config(LoraParams(target_modules=None), "mamba")
+def test_unknown_architecture_adapts_all_linear_layers(params, tiny_llama_dir, monkeypatch, capsys):
+    monkeypatch.delitem(DEFAULT_TARGET_MODULES, "llama")  # llama as an architecture with no default
+    model, _ = prepare_qlora_model(tiny_llama_dir, params)
+    assert "no default for architecture 'llama': using 'all-linear'" in capsys.readouterr().out
+    adapted = {n.split(".")[-2] for n, _ in model.named_modules() if n.endswith(".lora_A")}
+    assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert not any("lm_head.lora" in n for n, _ in model.named_modules())
 
 
 def test_phi2_gpu_config_builds_on_a_tiny_phi(tiny_phi_dir):
@@ -134,3 +136,27 @@ def test_parameter_count_counts_4bit_weights_once_each(tiny_llama_dir, params):
     model, _ = prepare_qlora_model(tiny_llama_dir, params)
     trainable, total = trainable_parameters(model)
     assert total == full + trainable  # the base's weights, whether 4-bit or not, plus the LoRA ones
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_summary_loss_equals_the_models_own_loss_and_gradients(arch, request, params):
+    """The LM head on label positions only gives the full forward's loss and gradients."""
+    model, tok = prepare_qlora_model(request.getfixturevalue(ARCHS[arch]), params)
+    rows = [encode_example(tok, DEFAULT, "#Person1#: " + "word " * (3 + 7 * i) + "\n#Person2#: Fine.",
+                           "A short talk" + " indeed" * i + ".") for i in range(3)]  # ragged: real padding
+    b = PadCollator(tok.pad_token_id)(rows)
+    assert (b["attention_mask"] == 0).any()
+    model.train()
+    torch.manual_seed(0)  # same dropout masks in both passes
+    full = model(**b).loss
+    full.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    torch.manual_seed(0)
+    ours, _ = summary_loss(model, b)
+    ours.backward()
+    assert torch.allclose(ours, full, rtol=1e-5, atol=1e-6), (ours.item(), full.item())
+    assert grads and all(torch.allclose(p.grad, grads[n], rtol=1e-4, atol=1e-6)
+                         for n, p in model.named_parameters() if n in grads)
+    n_labels = int((b["labels"][:, 1:] != -100).sum())
+    assert torch.allclose(summary_loss(model, b, num_items_in_batch=2 * n_labels)[0], ours / 2)

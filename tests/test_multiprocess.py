@@ -1,0 +1,48 @@
+"""Data-parallel training under `accelerate launch` with 2 CPU processes (gloo)."""
+
+import json
+
+import pytest
+from project import dvc, make_project, set_params, sh
+
+pytestmark = pytest.mark.slow
+
+LAUNCH = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+          "--mixed_precision", "no", "--dynamo_backend", "no"]
+LOOPBACK = {"NONET_ALLOW_LOOPBACK": "1"}  # gloo's rendezvous is on loopback
+TRAIN = ["-m", "stages.train", "data/tokenized", "models/base", "models/adapter", "models/checkpoints",
+         "plots/training", "metrics/train.json"]
+
+
+def test_train_stage_under_accelerate_launch_two_processes(tmp_path, dialogsum_dir, tiny_llama_dir):
+    proj = make_project(tmp_path / "p", dialogsum_dir, tiny_llama_dir)
+    # 2 steps x 2 rows x 2 processes = 8 of the 12 training rows: less than one epoch, so no row repeats
+    set_params(proj, {"train.max_steps": 2, "train.batch_size": 2, "train.gradient_accumulation_steps": 1,
+                      "train.eval_steps": 1, "train.save_steps": 1})
+    dvc(proj, "repro", "tokenize")
+    out = sh(proj, *LAUNCH, *TRAIN, extra_env=LOOPBACK)
+    log = out.stdout + out.stderr
+    assert "on 2 processes (gloo)" in log, log[-3000:]
+
+    timing = json.loads((proj / "plots/training/timing.json").read_text())
+    assert timing["processes"] == 2
+    assert timing["rows_per_process"] == [4, 4]  # each process trained on its own share...
+    assert timing["rows_seen_by_several_processes"] == 0  # ...and no row went to both
+    metrics = json.loads((proj / "metrics/train.json").read_text())
+    assert metrics["steps"] == 2
+
+    assert log.count("adapter saved to models/adapter") == 1  # written once, by the main process
+    adapter = {p.name for p in (proj / "models/adapter").iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json", "prompt_template.json"} <= adapter
+    assert sorted(p.name for p in (proj / "models").iterdir() if p.name != ".gitignore") == [
+        "adapter", "base", "checkpoints"]  # no temporary leftovers
+    assert (proj / "models/checkpoints/checkpoint-2/.complete").is_file()
+
+    # generation split across the two processes writes what one process writes
+    gen = ["-m", "stages.generate", "data/formatted/test.jsonl", "models/base"]
+    sh(proj, "python", *gen, "one.jsonl", "--adapter", "models/adapter")
+    out = sh(proj, *LAUNCH, *gen, "two.jsonl", "--adapter", "models/adapter", extra_env=LOOPBACK)
+    assert "(2 processes)" in out.stdout, out.stdout[-2000:]
+    one, two = ([json.loads(x) for x in (proj / f).read_text().splitlines()] for f in ("one.jsonl", "two.jsonl"))
+    assert len(one) == 3 and [r["id"] for r in two] == [r["id"] for r in one]
+    assert [r["prediction"] for r in two] == [r["prediction"] for r in one]
