@@ -1,0 +1,136 @@
+"""What the benchmarks share: the machine, its matmul peak, memory, data, and running one arm
+of a comparison in a fresh process (so that each arm's peak memory is its own)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
+    cpu = platform.processor() or "cpu"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+
+
+def matmul_peak_gflops(n: int = 2048, seconds: float = 3.0) -> float:
+    """Best sustained fp32 (CPU) or bf16 (GPU) square-matmul rate, in GFLOP/s, measured now."""
+    dev = device()
+    dtype = torch.bfloat16 if dev == "cuda" else torch.float32
+    if dev == "cuda":
+        n = max(n, 8192)
+    a, b = (torch.randn(n, n, device=dev, dtype=dtype) for _ in range(2))
+    best, end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        best = max(best, 4 * 2 * n**3 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def peak_memory_mb() -> dict:
+    """Peak resident memory of this process (and peak GPU memory allocated), in MiB."""
+    import resource
+
+    out = {"peak_rss_mb": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    if torch.cuda.is_available():
+        out["peak_gpu_mb"] = int(torch.cuda.max_memory_allocated() / 2**20)
+    return out
+
+
+def load_rows(data_dir: Path, split: str, n: int | None) -> list[dict]:
+    """DialogSum rows (dialogue, summary); the test split keeps one row per dialogue."""
+    from sumlora.data import read_jsonl
+
+    rows, seen = [], set()
+    for r in read_jsonl(Path(data_dir) / f"{split}.jsonl"):
+        key = r.get("dialogue")
+        if key in seen:
+            continue
+        seen.add(key)
+        rows.append({"dialogue": r["dialogue"], "summary": r["summary"]})
+    return rows[:n] if n else rows
+
+
+def run_arm(script: Path, argv: list[str]) -> dict:
+    """Run ``script --arm ...`` in a fresh Python process; return the JSON it writes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "arm.json"
+        subprocess.run([sys.executable, str(script), *argv, "--result", str(out)], check=True)
+        return json.loads(out.read_text())
+
+
+def any_tokenizer(tokenizer_dir: Path | None):
+    """The tokenizer in ``tokenizer_dir``, else the embedded model's (from its GGUF file, offline)."""
+    from transformers import AutoTokenizer
+
+    if tokenizer_dir is not None and (Path(tokenizer_dir) / "tokenizer_config.json").is_file():
+        return AutoTokenizer.from_pretrained(tokenizer_dir)
+    from sumlora.modeling import embedded_gguf_path
+
+    gguf = embedded_gguf_path()
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
+
+def build_random_model(kind: str, tokenizer_dir: Path | None, out_dir: Path) -> Path:
+    """A randomly initialised causal LM saved as safetensors (no download): ``phi2`` has Phi-2's
+    architecture and size (2.7 B parameters), ``tiny-phi`` the same architecture at toy size."""
+    from transformers import PhiConfig, PhiForCausalLM
+
+    tok = any_tokenizer(tokenizer_dir)
+    shape = dict(hidden_size=2560, intermediate_size=10240, num_hidden_layers=32, num_attention_heads=32,
+                 num_key_value_heads=32) if kind == "phi2" else dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4)
+    config = PhiConfig(vocab_size=max(51200, len(tok)), max_position_embeddings=2048, partial_rotary_factor=0.4,
+                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                       bos_token_id=tok.bos_token_id, **shape)
+    torch.manual_seed(0)
+    dtype = torch.bfloat16 if kind == "phi2" else torch.float32
+    with torch.device(device()):
+        model = PhiForCausalLM(config).to(dtype)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tok.save_pretrained(out_dir)
+    (Path(out_dir) / "base_info.json").write_text(json.dumps(
+        {"source": f"random-{kind}", "model_type": "phi", "parameters": sum(p.numel() for p in model.parameters()),
+         "max_positions": 2048}))
+    del model
+    return Path(out_dir)
+
+
+def table(rows: list[tuple], header: tuple) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if i else "---" for i in range(len(header))) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python benchmarks/common.py random-model KIND OUT_DIR [TOKENIZER_DIR]
+    if sys.argv[1:2] != ["random-model"] or len(sys.argv) not in (4, 5):
+        sys.exit("usage: python benchmarks/common.py random-model phi2|tiny-phi OUT_DIR [TOKENIZER_DIR]")
+    built = build_random_model(sys.argv[2], Path(sys.argv[4]) if len(sys.argv) == 5 else None, Path(sys.argv[3]))
+    print(f"{built}: random {sys.argv[2]} model")

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The benchmarks on one NVIDIA GPU, offline: a randomly initialised model with Phi-2's architecture
+# and size (2.7 B parameters; no download), QLoRA training tokens/s and peak GPU memory for the
+# tutorial's recipe vs ours, and generation one-at-a-time vs batched. About 3-5 minutes on an H200.
+#
+#   bash benchmarks/gpu.sh [OUT_DIR]            # default benchmarks/results/gpu
+#   SIZE=tiny-phi bash benchmarks/gpu.sh OUT    # a toy-size model: the CPU smoke test the tests run
+#
+# Env: DATA (DialogSum JSONL dir, default ../shared/dialogsum), PYTHON (default .venv/bin/python),
+# STEPS (optimizer steps per training arm, default 10), DIALOGUES (default 32).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-benchmarks/results/gpu}
+SIZE=${SIZE:-phi2}
+PY=${PYTHON:-.venv/bin/python}
+DATA=${DATA:-../shared/dialogsum}
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+mkdir -p "$OUT"
+"$PY" -c 'import torch; print("device:", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")' | tee "$OUT/device.txt"
+"$PY" benchmarks/common.py random-model "$SIZE" "$OUT/model" ${TOKENIZER:+"$TOKENIZER"}
+"$PY" benchmarks/bench_train.py --base "$OUT/model" --data "$DATA" --steps "${STEPS:-10}" --eval-rows 8 \
+  --json "$OUT/train.json" | tee "$OUT/train.md"
+"$PY" benchmarks/bench_generate.py --base "$OUT/model" --adapter '' --data "$DATA" --dialogues "${DIALOGUES:-32}" \
+  --json "$OUT/generate.json" | tee "$OUT/generate.md"
