@@ -2,7 +2,7 @@
 
     python benchmarks/bench_generate.py --base models/base --adapter models/adapter --data ../shared/dialogsum
 
-- baseline (the tutorial): one dialogue at a time, always 100 new tokens, then the text is cut
+- baseline (the tutorial): one dialogue at a time, always 100 new tokens (--new-tokens), then the text is cut
   at the end marker;
 - ours (the generate stage, sumlora.generation): length-sorted, left-padded batches of
   ``generate.batch_size``, each sequence stopping at the end marker or EOS, KV cache.
@@ -22,7 +22,6 @@ from pathlib import Path
 from common import ROOT, device, load_rows, machine, peak_memory_mb, run_arm, table
 
 ARMS = ("baseline", "ours")
-NEW_TOKENS = 100
 
 
 def arm(args) -> dict:
@@ -50,7 +49,7 @@ def arm(args) -> dict:
             for d in dialogues:  # one at a time, greedy with the KV cache, never stopping early
                 ids = torch.tensor([encode_prompt(tok, template, d)], device=device())
                 past, new = None, []
-                for _ in range(NEW_TOKENS):
+                for _ in range(args.new_tokens):
                     out = model(input_ids=ids, past_key_values=past, use_cache=True)
                     past, ids = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
                     new.append(int(ids))
@@ -60,11 +59,11 @@ def arm(args) -> dict:
                 summaries.append(template.extract_summary(tok.decode(new, skip_special_tokens=True)))
     else:
         summaries = generate_summaries(model, tok, template, dialogues, batch_size=params.generate.batch_size,
-                                       max_new_tokens=NEW_TOKENS)
+                                       max_new_tokens=args.new_tokens)
     sync()
     seconds = time.perf_counter() - start
     return {"arm": args.arm, "seconds": seconds, "dialogues": len(dialogues), "summaries": summaries,
-            "generated_tokens": generated_tokens, "batch_size": 1 if args.arm == "baseline" else
+            "generated_tokens": generated_tokens, "new_tokens": args.new_tokens, "batch_size": 1 if args.arm == "baseline" else
             params.generate.batch_size, **peak_memory_mb()}
 
 
@@ -75,6 +74,7 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared/dialogsum")
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     ap.add_argument("--dialogues", type=int, default=32, help="test dialogues to summarize")
+    ap.add_argument("--new-tokens", type=int, default=100, help="the tutorial's fixed generation length")
     ap.add_argument("--arm", choices=ARMS, help=argparse.SUPPRESS)
     ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--json", type=Path, help="also write the figures here")
@@ -85,7 +85,7 @@ def main(argv: list[str]) -> None:
         return
 
     common = ["--base", str(args.base), "--adapter", str(args.adapter or ""), "--data", str(args.data),
-              "--params", str(args.params), "--dialogues", str(args.dialogues)]
+              "--params", str(args.params), "--dialogues", str(args.dialogues), "--new-tokens", str(args.new_tokens)]
     b, o = (run_arm(Path(__file__), ["--arm", a, *common]) for a in ARMS)
     same = sum(x == y for x, y in zip(b["summaries"], o["summaries"]))
     mem = "peak_gpu_mb" if "peak_gpu_mb" in b else "peak_rss_mb"
@@ -98,7 +98,7 @@ def main(argv: list[str]) -> None:
         ("identical summaries", "", f"{same} of {len(b['summaries'])}", ""),
         (mem.replace("_", " "), b[mem], o[mem], f"{o[mem] / b[mem]:.2f}"),
     ]
-    print(f"\nmachine: {machine()}; {b['dialogues']} test dialogues, greedy, at most {NEW_TOKENS} new tokens; "
+    print(f"\nmachine: {machine()}; {b['dialogues']} test dialogues, greedy, at most {args.new_tokens} new tokens; "
           f"adapter: {args.adapter}")
     print(table(rows, ("generation", "baseline (tutorial)", "ours", "ours / baseline")))
     for i, (x, y) in enumerate(zip(b["summaries"], o["summaries"])):

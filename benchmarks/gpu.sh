@@ -7,7 +7,7 @@
 #   SIZE=tiny-phi bash benchmarks/gpu.sh OUT    # a toy-size model: the CPU smoke test the tests run
 #
 # Env: DATA (DialogSum JSONL dir, default ../shared/dialogsum), PYTHON (default .venv/bin/python),
-# STEPS (optimizer steps per training arm, default 10), DIALOGUES (default 32).
+# STEPS (optimizer steps per training arm, default 10), DIALOGUES (default 32), NEW_TOKENS (default 100).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-benchmarks/results/gpu}
@@ -20,5 +20,5 @@ mkdir -p "$OUT"
 "$PY" benchmarks/common.py random-model "$SIZE" "$OUT/model" ${TOKENIZER:+"$TOKENIZER"}
 "$PY" benchmarks/bench_train.py --base "$OUT/model" --data "$DATA" --steps "${STEPS:-10}" --eval-rows 8 \
   --json "$OUT/train.json" | tee "$OUT/train.md"
-"$PY" benchmarks/bench_generate.py --base "$OUT/model" --adapter '' --data "$DATA" --dialogues "${DIALOGUES:-32}" \
+"$PY" benchmarks/bench_generate.py --base "$OUT/model" --adapter '' --data "$DATA" --dialogues "${DIALOGUES:-32}" --new-tokens "${NEW_TOKENS:-100}" \
   --json "$OUT/generate.json" | tee "$OUT/generate.md"
