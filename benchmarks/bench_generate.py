@@ -13,13 +13,12 @@ or before EOS) must be identical. Each arm runs in a fresh process.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
-from common import ROOT, device, load_rows, machine, peak_memory_mb, run_arm, table
+from common import ROOT, arm_parser, device, load_rows, machine, peak_memory_mb, run_arm, table
 
 ARMS = ("baseline", "ours")
 
@@ -68,16 +67,10 @@ def arm(args) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--base", type=Path, default=ROOT / "models/base")
+    ap = arm_parser(__doc__, ARMS)
     ap.add_argument("--adapter", type=Path, default=ROOT / "models/adapter", help="'' for the base model alone")
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared/dialogsum")
-    ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     ap.add_argument("--dialogues", type=int, default=32, help="test dialogues to summarize")
     ap.add_argument("--new-tokens", type=int, default=100, help="the tutorial's fixed generation length")
-    ap.add_argument("--arm", choices=ARMS, help=argparse.SUPPRESS)
-    ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
-    ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args(argv)
     args.adapter = args.adapter if args.adapter and str(args.adapter) not in ("", ".") else None
     if args.arm:

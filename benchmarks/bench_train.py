@@ -18,14 +18,13 @@ and the validation loss on the summary tokens (the task) after training.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, device, load_rows, machine, matmul_peak_gflops, peak_memory_mb, run_arm, table
+from common import arm_parser, device, load_rows, machine, matmul_peak_gflops, peak_memory_mb, run_arm, table
 
 ARMS = ("baseline", "ours")
 
@@ -131,15 +130,9 @@ def arm(args) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--base", type=Path, default=ROOT / "models/base")
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared/dialogsum")
-    ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    ap = arm_parser(__doc__, ARMS)
     ap.add_argument("--steps", type=int, default=12, help="optimizer steps per arm (effective batch 4)")
     ap.add_argument("--eval-rows", type=int, default=40, help="validation rows for the loss after training")
-    ap.add_argument("--arm", choices=ARMS, help=argparse.SUPPRESS)
-    ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
-    ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args(argv)
     if args.arm:
         args.result.write_text(json.dumps(arm(args)))

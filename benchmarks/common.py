@@ -78,6 +78,20 @@ def load_rows(data_dir: Path, split: str, n: int | None) -> list[dict]:
     return rows[:n] if n else rows
 
 
+def arm_parser(doc: str, arms: tuple[str, ...]):
+    """The arguments both benchmarks take: inputs, --json, and the hidden --arm/--result of a child run."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--base", type=Path, default=ROOT / "models/base")
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared/dialogsum")
+    ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    ap.add_argument("--arm", choices=arms, help=argparse.SUPPRESS)
+    ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--json", type=Path, help="also write the figures here")
+    return ap
+
+
 def run_arm(script: Path, argv: list[str]) -> dict:
     """Run ``script --arm ...`` in a fresh Python process; return the JSON it writes."""
     with tempfile.TemporaryDirectory() as tmp:
