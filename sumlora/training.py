@@ -1,8 +1,10 @@
 """QLoRA training with transformers' Trainer and peft, logged with dvclive, resumable.
 
 Checkpoints live in a persistent directory. Each complete checkpoint gets a marker file
-once the Trainer has finished writing it; a rerun resumes from the last complete checkpoint
-of the same run (same params, data and base model, by fingerprint) and starts fresh otherwise.
+once the Trainer has finished writing it. A checkpoint is resumed only to finish an
+interrupted run: the same run by fingerprint (params, tokenized data, base weights, code,
+library versions, process count) that has not finished. A finished run is never resumed,
+so a rerun (forced, or because anything it depends on changed) trains every step again.
 A checkpoint that was being written when the process died has no marker and is skipped.
 """
 
@@ -20,7 +22,8 @@ import torch
 
 from sumlora import atomic
 from sumlora.cli import peak_rss_mb
-from sumlora.modeling import ADAPTER_INFO, load_model_and_tokenizer, lora_config, read_base_info
+from sumlora.modeling import (base_identity, load_model_and_tokenizer, lora_config, sha256_file,
+                              write_adapter_info)
 from sumlora.params import Params
 from sumlora.plots import loss_curves
 from sumlora.prompt import PromptTemplate
@@ -147,22 +150,47 @@ def _callbacks(live):
     return [LiveCallback(), MarkComplete()]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def code_files() -> list[Path]:
+    """This project's source files loaded in this process (the stage script and the sumlora modules it
+    imports): the code of the train stage's dependencies, as dvc.yaml lists them."""
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    files = set()
+    for mod in list(sys.modules.values()):
+        f = getattr(mod, "__file__", None)
+        if f and f.endswith(".py"):
+            f = Path(f).resolve()
+            if f.parent in (root / "sumlora", root / "stages"):
+                files.add(f)
+    return sorted(files)
 
 
-def run_fingerprint(params: Params, tokenized_dir, base_dir) -> str:
-    """Identifies a training run: the params that shape it, the training data and the base model."""
+def _library_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("torch", "transformers", "peft", "bitsandbytes", "accelerate"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def run_fingerprint(params: Params, tokenized_dir, base_sha256: str, processes: int) -> str:
+    """Identifies a training run by everything that shapes it: the params, the tokenized data, the base
+    model's weights (:func:`base_identity`), the code of the stage and the library versions, and the
+    number of processes (which sets the batch each step sees)."""
     h = hashlib.sha256()
     shaping = {k: dataclasses.asdict(getattr(params, k)) for k in ("model", "lora", "train")}
-    h.update(json.dumps({"seed": params.seed, **shaping}, sort_keys=True).encode())
+    h.update(json.dumps({"seed": params.seed, **shaping, "processes": processes,
+                         "libraries": _library_versions(), "base_sha256": base_sha256}, sort_keys=True).encode())
     for f in sorted(Path(tokenized_dir).glob("*.jsonl")):
-        h.update(f"{f.name}:{_sha256(f)}".encode())
-    h.update(json.dumps(read_base_info(base_dir), sort_keys=True).encode())
+        h.update(f"data/{f.name}:{sha256_file(f)}\n".encode())
+    root = Path(__file__).resolve().parents[1]
+    for f in code_files():
+        h.update(f"code/{f.relative_to(root).as_posix()}:{sha256_file(f)}\n".encode())
     return h.hexdigest()
 
 
@@ -171,18 +199,36 @@ def _step(ckpt: Path) -> int:
     return int(suffix) if suffix.isdigit() else -1
 
 
-def resumable_checkpoint(checkpoints_dir, fingerprint: str) -> Path | None:
-    """The last complete checkpoint of this run, or None. Clears checkpoints of another run."""
+def _clear(d: Path) -> None:
+    """Empty ``d`` but keep the directory itself (it may be a mount point or a symlink to another disk)."""
+    for child in d.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def resumable_checkpoint(checkpoints_dir, fingerprint: str, max_steps: int) -> Path | None:
+    """The last complete checkpoint of this run if the run is unfinished, else None.
+
+    A checkpoint is resumed only to finish an interrupted run: checkpoints of another run (other
+    fingerprint) and of a run that finished (its adapter was published, or it reached ``max_steps``)
+    are cleared, so a rerun trains every step again.
+    """
     d = Path(checkpoints_dir)
     run_file = d / RUN_FILE
     if d.exists():
-        old = json.loads(run_file.read_text()).get("fingerprint") if run_file.is_file() else None
-        if old != fingerprint:
+        old = json.loads(run_file.read_text()) if run_file.is_file() else {}
+        finished = old.get("finished") or any(_step(c) >= max_steps and (c / COMPLETE).is_file()
+                                              for c in d.glob("checkpoint-*"))
+        if old.get("fingerprint") != fingerprint or finished:
             if any(d.glob("checkpoint-*")):
-                print(f"{d}: checkpoints belong to a run with other params, data or base model: starting fresh")
-            shutil.rmtree(d)
+                why = ("the run they belong to finished" if old.get("fingerprint") == fingerprint else
+                       "they belong to a run with other params, data, base weights, code or process count")
+                print(f"{d}: {why}: starting fresh")
+            _clear(d)
     d.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(run_file, {"fingerprint": fingerprint})
+    atomic.write_json(run_file, {"fingerprint": fingerprint, "finished": False})
     complete = []
     for ckpt in sorted(d.glob("checkpoint-*"), key=_step):
         if (ckpt / COMPLETE).is_file():
@@ -191,6 +237,11 @@ def resumable_checkpoint(checkpoints_dir, fingerprint: str) -> Path | None:
             print(f"{ckpt}: incomplete (the process died while writing it): removed")
             shutil.rmtree(ckpt)
     return complete[-1] if complete else None
+
+
+def mark_finished(checkpoints_dir, fingerprint: str) -> None:
+    """Record that the run finished and its adapter was published: its checkpoints are never resumed."""
+    atomic.write_json(Path(checkpoints_dir) / RUN_FILE, {"fingerprint": fingerprint, "finished": True})
 
 
 def weight_count(p) -> int:
@@ -316,8 +367,10 @@ def train(params: Params, tokenized_dir, base_dir, adapter_dir, checkpoints_dir,
     state = PartialState(cpu=not cuda)
     train_ds = grouped_by_length(train_ds, params, state.num_processes)
     main = state.is_main_process
+    base_sha256 = base_identity(base_dir)
+    fingerprint = run_fingerprint(params, tokenized_dir, base_sha256, state.num_processes)
     with state.main_process_first():  # the main process clears stale checkpoints before the others look
-        resume = resumable_checkpoint(checkpoints_dir, run_fingerprint(params, tokenized_dir, base_dir))
+        resume = resumable_checkpoint(checkpoints_dir, fingerprint, tp.max_steps)
     if main:
         print(f"resuming from {resume}" if resume else "training from scratch"
               + (f" on {state.num_processes} processes ({state.backend})" if state.num_processes > 1 else ""))
@@ -340,7 +393,8 @@ def train(params: Params, tokenized_dir, base_dir, adapter_dir, checkpoints_dir,
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         template.save(tmp)
-        atomic.write_json(Path(tmp) / ADAPTER_INFO, {"base_model": read_base_info(base_dir)})
+        write_adapter_info(tmp, base_dir, base_sha256)
+    mark_finished(checkpoints_dir, fingerprint)
     train_losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     tokens = int(trainer.state.num_input_tokens_seen)
     metrics = {

@@ -7,7 +7,7 @@ import torch
 
 from sumlora.generation import generate_summaries
 from sumlora.merge import MERGE_INFO, main
-from sumlora.modeling import ADAPTER_INFO, load_model_and_tokenizer, materialize_base, read_base_info
+from sumlora.modeling import load_model_and_tokenizer, materialize_base, read_base_info, write_adapter_info
 from sumlora.params import load_params
 from sumlora.prompt import DEFAULT
 from sumlora.training import prepare_qlora_model
@@ -32,7 +32,7 @@ def adapter(request, tmp_path_factory, tiny_llama_dir, tiny_phi_dir):
                 p.normal_(0, 0.5)
     model.save_pretrained(root / "adapter")
     DEFAULT.save(root / "adapter")
-    (root / "adapter" / ADAPTER_INFO).write_text(json.dumps({"base_model": read_base_info(root / "base")}))
+    write_adapter_info(root / "adapter", root / "base")
     return root, params.model
 
 

@@ -26,3 +26,17 @@ def test_every_stage_output_is_declared_once():
         for kind in ("outs", "metrics"):
             outs += [o if isinstance(o, str) else next(iter(o)) for o in stage.get(kind, [])]
     assert len(outs) == len(set(outs))
+
+
+def test_training_fingerprint_covers_the_code_dvc_tracks_for_train():
+    """The run fingerprint hashes the project code loaded at that point: the train stage's code deps."""
+    import subprocess
+    import sys
+
+    code = ("import stages.train, sumlora.training\n"
+            "from sumlora.training import code_files\n"
+            f"print('\\n'.join(str(p.relative_to({str(ROOT)!r})) for p in code_files()))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    hashed = set(out.stdout.split()) - {"stages/__init__.py"}
+    declared = {d for d in STAGES["train"]["deps"] if d.endswith(".py")}
+    assert hashed == declared

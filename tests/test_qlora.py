@@ -110,10 +110,8 @@ def test_hub_id_without_network_is_a_clear_error(tmp_path):
 
 def test_adapter_refused_on_another_base_model(tmp_path, tiny_llama_dir, tiny_phi_dir, params):
     """An adapter records the base it was trained on; loading it on another base fails clearly."""
-    import json
-
     from sumlora.errors import ModelError
-    from sumlora.modeling import ADAPTER_INFO, load_model_and_tokenizer, materialize_base
+    from sumlora.modeling import load_model_and_tokenizer, materialize_base, write_adapter_info
 
     bases = {}
     for arch, src in (("llama", tiny_llama_dir), ("phi", tiny_phi_dir)):
@@ -121,8 +119,7 @@ def test_adapter_refused_on_another_base_model(tmp_path, tiny_llama_dir, tiny_ph
         materialize_base(str(src), bases[arch])
     model, _ = prepare_qlora_model(bases["llama"], params)
     model.save_pretrained(tmp_path / "adapter")
-    (tmp_path / "adapter" / ADAPTER_INFO).write_text(
-        json.dumps({"base_model": json.loads((bases["llama"] / "base_info.json").read_text())}))
+    write_adapter_info(tmp_path / "adapter", bases["llama"])
     load_model_and_tokenizer(bases["llama"], params.model, tmp_path / "adapter")  # the right base loads
     with pytest.raises(ModelError, match=r"adapter was trained on base model '.*tiny-llama.*' \(llama, .* but "
                                          r".* holds '.*tiny-phi.*' \(phi"):

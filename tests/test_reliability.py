@@ -2,6 +2,7 @@
 half-written outputs; identical runs give identical metrics; no network; safetensors only."""
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from project import NONET, dvc, env, make_project, read_json, set_params
 
 from sumlora import atomic
@@ -29,19 +31,31 @@ def project(tmp_path_factory, dialogsum_dir, tiny_llama_dir):
     return proj
 
 
+def complete_checkpoints(proj: Path) -> dict[int, int]:
+    """{step: mtime of its completion marker} of the complete checkpoints on disk."""
+    return {int(p.parent.name.split("-")[1]): p.stat().st_mtime_ns
+            for p in (proj / "models/checkpoints").glob("checkpoint-*/.complete")}
+
+
 def start_training(proj: Path) -> subprocess.Popen:
-    return subprocess.Popen(TRAIN, cwd=proj, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(TRAIN, cwd=proj, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc.checkpoints_before = complete_checkpoints(proj)  # an earlier run's, which this one may clear
+    return proc
 
 
 def kill_after_first_checkpoint(proj: Path, proc: subprocess.Popen) -> int:
-    """SIGKILL the training process as soon as a complete checkpoint exists; return its step."""
+    """SIGKILL the training process as soon as it has completed a checkpoint; return its step."""
     deadline = time.time() + 300
     while time.time() < deadline:
-        done = sorted(int(p.parent.name.split("-")[1]) for p in (proj / "models/checkpoints").glob("checkpoint-*/.complete"))
-        if done:
+        try:
+            new = sorted(step for step, mtime in complete_checkpoints(proj).items()
+                         if proc.checkpoints_before.get(step) != mtime)
+        except FileNotFoundError:  # cleared while we looked
+            new = []
+        if new:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            return done[-1]
+            return new[-1]
         assert proc.poll() is None, f"training ended before it could be killed:\n{proc.stdout.read()[-3000:]}"
         time.sleep(0.02)
     proc.kill()
@@ -59,14 +73,13 @@ def logged_steps(proj: Path) -> list[int]:
     return [int(line.split("\t")[0]) for line in tsv]
 
 
-def clear_checkpoints(proj: Path):
-    import shutil
+def adapter_weights(path: Path) -> dict:
+    from safetensors.torch import load_file
 
-    shutil.rmtree(proj / "models/checkpoints", ignore_errors=True)
+    return load_file(path / "adapter_model.safetensors")
 
 
 def test_killed_training_resumes_from_last_complete_checkpoint(project):
-    clear_checkpoints(project)
     (project / "metrics/train.json").unlink(missing_ok=True)
     step = kill_after_first_checkpoint(project, start_training(project))
     assert 0 < step < 30
@@ -81,7 +94,6 @@ def test_killed_training_resumes_from_last_complete_checkpoint(project):
 
 
 def test_incomplete_checkpoint_is_skipped(project):
-    clear_checkpoints(project)
     step = kill_after_first_checkpoint(project, start_training(project))
     # what a process killed while saving leaves: a later checkpoint without the completion marker
     partial = project / f"models/checkpoints/checkpoint-{step + 2}"
@@ -93,7 +105,6 @@ def test_incomplete_checkpoint_is_skipped(project):
 
 
 def test_changed_params_start_fresh(project):
-    clear_checkpoints(project)
     kill_after_first_checkpoint(project, start_training(project))
     set_params(project, {"lora.r": 4})
     try:
@@ -102,6 +113,93 @@ def test_changed_params_start_fresh(project):
         set_params(project, {"lora.r": 16})
     assert "starting fresh" in out and "training from scratch" in out and "resuming" not in out
     assert read_json(project / "plots/training/timing.json")["steps_this_run"] == 30
+
+
+def test_forced_rerun_of_a_finished_run_trains_every_step(project):
+    dvc(project, "repro", "train")  # a finished run, its final checkpoint still on disk
+    assert read_json(project / "metrics/train.json")["steps"] == 30
+    assert (project / "models/checkpoints/checkpoint-30/.complete").is_file()
+    before = adapter_weights(project / "models/adapter")
+    out = dvc(project, "repro", "-f", "train").stdout
+    assert "the run they belong to finished: starting fresh" in out and "resuming" not in out, out
+    timing = read_json(project / "plots/training/timing.json")
+    assert timing["resumed_from"] is None and timing["steps_this_run"] == 30
+    # the same run again, trained again: equal weights, but from a new run, not the old file republished
+    after = adapter_weights(project / "models/adapter")
+    assert before.keys() == after.keys() and all(torch.allclose(before[k], after[k], atol=1e-5) for k in before)
+
+
+def test_changed_training_code_starts_fresh(project):
+    code = project / "sumlora/training.py"
+    original = code.read_text()
+    kill_after_first_checkpoint(project, start_training(project))
+    code.write_text(original + "\n# a change to the training code\n")
+    try:
+        out = finish_training(project)
+    finally:
+        code.write_text(original)
+    assert "belong to a run with other params, data, base weights, code" in out and "resuming" not in out, out
+    assert read_json(project / "plots/training/timing.json")["steps_this_run"] == 30
+
+
+def test_new_base_weights_start_fresh_and_refuse_the_old_adapter(project, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    dvc(project, "repro", "train")
+    old_adapter = tmp_path / "old_adapter"
+    shutil.copytree(project / "models/adapter", old_adapter)
+    weights = project / "models/base/model.safetensors"
+    saved = tmp_path / "model.safetensors"
+    shutil.copy2(weights, saved)
+    config = (project / "models/base/config.json").read_bytes()
+    kill_after_first_checkpoint(project, start_training(project))
+    tensors = load_file(weights)
+    name = next(k for k in sorted(tensors) if k.endswith("q_proj.weight"))
+    tensors[name] = tensors[name] + 0.01  # new weights, same shapes, same config
+    save_file(tensors, weights, metadata={"format": "pt"})
+    try:
+        assert (project / "models/base/config.json").read_bytes() == config
+        out = finish_training(project)
+        assert "starting fresh" in out and "resuming" not in out, out
+        gen = subprocess.run([sys.executable, "-m", "stages.generate", "data/formatted/test.jsonl", "models/base",
+                              str(tmp_path / "pred.jsonl"), "--adapter", str(old_adapter)],
+                             cwd=project, env=env(), capture_output=True, text=True)
+        assert gen.returncode == 1 and not (tmp_path / "pred.jsonl").exists()
+        assert "the weights in models/base are not the ones it was trained on" in gen.stderr, gen.stderr[-2000:]
+        assert "Traceback" not in gen.stderr and gen.stderr.strip().splitlines()[-1].startswith("error: ")
+    finally:
+        shutil.copy2(saved, weights)
+
+
+def test_killed_and_resumed_run_equals_an_uninterrupted_run(project, tmp_path):
+    finish_training(project)  # uninterrupted, from scratch (the previous run finished)
+    assert read_json(project / "plots/training/timing.json")["steps_this_run"] == 30
+    whole = adapter_weights(project / "models/adapter")
+    whole_eval = read_json(project / "metrics/train.json")["eval_loss"]
+    step = kill_after_first_checkpoint(project, start_training(project))
+    out = finish_training(project)
+    assert f"resuming from models/checkpoints/checkpoint-{step}" in out, out
+    resumed = adapter_weights(project / "models/adapter")
+    assert whole.keys() == resumed.keys()
+    assert all(torch.allclose(whole[k], resumed[k], atol=1e-5) for k in whole)
+    assert read_json(project / "metrics/train.json")["eval_loss"] == pytest.approx(whole_eval, abs=1e-4)
+
+
+def test_checkpoints_on_another_disk_are_cleared_not_removed(project, tmp_path):
+    """models/checkpoints as a symlink (to another disk): a new run empties it, keeping the link."""
+    ckpt = project / "models/checkpoints"
+    elsewhere = tmp_path / "disk"
+    shutil.move(ckpt, elsewhere)
+    ckpt.symlink_to(elsewhere)
+    try:
+        set_params(project, {"lora.r": 4})
+        out = finish_training(project)
+        assert "starting fresh" in out
+        assert ckpt.is_symlink() and (elsewhere / "checkpoint-30/.complete").is_file()
+    finally:
+        set_params(project, {"lora.r": 16})
+        ckpt.unlink()
+        shutil.move(elsewhere, ckpt)
 
 
 def test_killed_generate_leaves_previous_output_intact(project):
@@ -142,11 +240,10 @@ def test_atomic_output_dir_keeps_old_output_on_failure(tmp_path):
 def test_two_runs_with_the_same_seed_give_identical_metrics(project):
     files = ["metrics/data.json", "metrics/train.json", "metrics/rouge.json"]
     set_params(project, {"train.max_steps": 4, "train.save_steps": 2, "train.eval_steps": 2})
-    clear_checkpoints(project)
     dvc(project, "repro")
     first = {f: (project / f).read_bytes() for f in files}
-    clear_checkpoints(project)
-    dvc(project, "repro", "-f")
+    out = dvc(project, "repro", "-f").stdout  # retrains (a finished run is never resumed) to the same numbers
+    assert "training from scratch" in out and "resuming" not in out, out
     assert {f: (project / f).read_bytes() for f in files} == first
 
 

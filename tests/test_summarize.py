@@ -7,7 +7,7 @@ import re
 import pytest
 
 from sumlora.generation import generate_summaries
-from sumlora.modeling import ADAPTER_INFO, load_model_and_tokenizer, materialize_base, read_base_info
+from sumlora.modeling import load_model_and_tokenizer, materialize_base, read_base_info, write_adapter_info
 from sumlora.params import ModelParams
 from sumlora.prompt import PromptTemplate
 from sumlora.summarize import main
@@ -30,7 +30,7 @@ def trained(tmp_path_factory, tiny_llama_dir, tiny_phi_dir):
     model.save_pretrained(root / "adapter")
     template = PromptTemplate(intro="Summarize this chat.", end_marker="<never emitted>")  # read from the adapter
     template.save(root / "adapter")
-    (root / "adapter" / ADAPTER_INFO).write_text(json.dumps({"base_model": read_base_info(root / "base")}))
+    write_adapter_info(root / "adapter", root / "base")
     return root, template
 
 
