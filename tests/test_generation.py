@@ -4,9 +4,10 @@ import pytest
 import torch
 from conftest import read_rows
 
-from sumlora.generation import generate_summaries
+from sumlora.generation import generate_ids, generate_summaries
 from sumlora.modeling import load_model_and_tokenizer
 from sumlora.prompt import DEFAULT, PromptTemplate
+from sumlora.tokenizing import encode_prompt
 
 
 @pytest.fixture(scope="module")
@@ -39,15 +40,62 @@ def test_only_new_tokens_are_decoded_and_cut_at_end_marker(fp32_llama):
     assert first_word not in cut and len(cut) < len(text)
 
 
+class always_emits:
+    """The model's most likely next token is always ``token_id`` (a bias on the LM head)."""
+
+    def __init__(self, model, token_id: int):
+        self.model, self.token_id = model, token_id
+
+    def __enter__(self):
+        bias = torch.full((self.model.config.vocab_size,), -1e4)
+        bias[self.token_id] = 1e4
+        self.model.lm_head.bias = torch.nn.Parameter(bias)
+
+    def __exit__(self, *exc):
+        self.model.lm_head.bias = None
+
+
 def test_generation_stops_at_eos(fp32_llama):
-    """A model whose most likely next token is always EOS yields an empty summary."""
+    """A model whose most likely next token is always EOS generates exactly one token, then stops."""
     model, tok = fp32_llama
-    with torch.no_grad():
-        bias = torch.full((model.config.vocab_size,), -1e4)
-        bias[tok.eos_token_id] = 1e4
-        model.lm_head.bias = torch.nn.Parameter(bias)
-        try:
-            [text] = generate_summaries(model, tok, DEFAULT, ["#Person1#: Hello."], 1, 20)
-        finally:
-            model.lm_head.bias = None
+    prompt = encode_prompt(tok, DEFAULT, "#Person1#: Hello.")
+    with always_emits(model, tok.eos_token_id):
+        [ids] = generate_ids(model, tok, [prompt], 1, 20)
+        [text] = generate_summaries(model, tok, DEFAULT, ["#Person1#: Hello."], 1, 20)
+    assert ids == [tok.eos_token_id]
     assert text == ""
+
+
+def test_the_models_own_end_tokens_stop_generation(fp32_llama):
+    """An end-of-turn token listed in the model's generation config (not the tokenizer's EOS) stops it too."""
+    model, tok = fp32_llama
+    end_of_turn = tok.convert_tokens_to_ids("<|im_start|>")
+    assert end_of_turn != tok.eos_token_id
+    prompt = encode_prompt(tok, DEFAULT, "#Person1#: Hello.")
+    saved = model.generation_config.eos_token_id
+    try:
+        with always_emits(model, end_of_turn):
+            [free] = generate_ids(model, tok, [prompt], 1, 6)
+            model.generation_config.eos_token_id = [tok.eos_token_id, end_of_turn]
+            [ids] = generate_ids(model, tok, [prompt], 1, 6)
+    finally:
+        model.generation_config.eos_token_id = saved
+    assert free == [end_of_turn] * 6  # not an end token: runs to max_new_tokens
+    assert ids == [end_of_turn]
+
+
+def test_a_stop_string_stops_one_sequence_while_the_batch_goes_on(fp32_llama, dialogsum_dir):
+    model, tok = fp32_llama
+    n = 16
+    prompts = [encode_prompt(tok, DEFAULT, r["dialogue"]) for r in read_rows(dialogsum_dir / "test.jsonl", 30)[::3]]
+    free = generate_ids(model, tok, prompts, len(prompts), n)
+    assert all(len(ids) == n for ids in free)
+    texts = [tok.decode(ids) for ids in free]
+    # a stop string that the first sequence emits early and no other sequence emits at all
+    a, stop = next((a, tok.decode(free[a][:2])) for a in range(len(free))
+                   if tok.decode(free[a][:2]).strip() and all(tok.decode(free[a][:2]) not in t
+                                                              for b, t in enumerate(texts) if b != a))
+    k = next(j for j in range(1, n + 1) if stop in tok.decode(free[a][:j]))  # tokens up to the stop string
+    stopped = generate_ids(model, tok, prompts, len(prompts), n, stop_strings=[stop])
+    assert stopped[a] == free[a][:k] + [tok.pad_token_id] * (n - k)  # stopped there, padded to the batch width
+    assert [ids for b, ids in enumerate(stopped) if b != a] == [ids for b, ids in enumerate(free) if b != a]

@@ -4,20 +4,27 @@ import json
 import subprocess
 import sys
 
-from conftest import ROOT, read_rows
+import pytest
+from conftest import ROOT, build_phi_style_tokenizer, build_tiny_model, read_rows
+from project import check_training_rows_match_generation_prompts, dvc, make_project, read_json
 
 from sumlora.prompt import DEFAULT, PromptTemplate
-from sumlora.tokenizing import IGNORE_INDEX, encode_example, encode_prompt
 
 
-def test_training_prompt_is_inference_prompt_token_for_token(tiny_tokenizer, dialogsum_dir):
-    for row in read_rows(dialogsum_dir / "train.jsonl", 20):
-        ex = encode_example(tiny_tokenizer, DEFAULT, row["dialogue"], row["summary"])
-        prompt_ids = encode_prompt(tiny_tokenizer, DEFAULT, row["dialogue"])
-        assert ex["input_ids"][:len(prompt_ids)] == prompt_ids
-        # the unmasked part starts exactly where the inference prompt ends
-        first_label = next(i for i, lab in enumerate(ex["labels"]) if lab != IGNORE_INDEX)
-        assert first_label == len(prompt_ids)
+@pytest.mark.slow
+def test_training_rows_are_generation_prompts_token_for_token_phi_style(tmp_path_factory, dialogsum_dir):
+    """Through the real stages (format, base_model, tokenize, train) on a tiny Phi with a Phi-2-style tokenizer:
+    each tokenized training row starts with exactly the prompt the generate stage builds from the template
+    saved beside the adapter. (The real SmolLM2 tokenizer: tests/test_embedded.py.)"""
+    rows = read_rows(dialogsum_dir / "train.jsonl", 200)
+    tok = build_phi_style_tokenizer([r["dialogue"] + "\n" + r["summary"] for r in rows])
+    model_dir = build_tiny_model("phi", tok, tmp_path_factory.mktemp("tiny-phi-style"))
+    proj = make_project(tmp_path_factory.mktemp("prompt"), dialogsum_dir, model_dir)
+    dvc(proj, "repro", "train")
+    kept = read_json(proj / "metrics/data.json")["train"]["kept"]
+    assert kept > 0 and check_training_rows_match_generation_prompts(
+        proj / "data/tokenized/train.jsonl", proj / "data/formatted/train.jsonl", proj / "models/adapter",
+        proj / "models/base") == kept
 
 
 def test_format_stage_writes_the_prompt_generation_renders(tmp_path, dialogsum_dir):
