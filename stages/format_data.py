@@ -4,6 +4,10 @@
 
 Writes train/validation.jsonl ({id, dialogue, summary, prompt, response}) and test.jsonl
 ({id, dialogue, references, prompt}: the references of one dialogue grouped into one record).
+Each dialogue is kept in one place (whitespace-normalised text): repeated training dialogues,
+validation dialogues also in train, and test dialogues also in train, validation or earlier in
+test are dropped;
+counts.json says how many (the tokenize stage copies it into metrics/data.json).
 """
 
 from __future__ import annotations
@@ -12,9 +16,11 @@ import argparse
 from pathlib import Path
 
 from sumlora import atomic, cli
-from sumlora.data import SPLITS, group_references, read_jsonl
+from sumlora.data import SPLITS, drop_overlaps, group_references, read_jsonl
 from sumlora.params import load_params
 from sumlora.prompt import DEFAULT
+
+COUNTS = "counts.json"
 
 
 def main(argv: list[str]) -> None:
@@ -26,17 +32,22 @@ def main(argv: list[str]) -> None:
     cli.offline()
     limits = {"train": params.format.max_train_rows, "validation": params.format.max_validation_rows}
     splits = {s: read_jsonl(args.raw_dir / f"{s}.jsonl") for s in SPLITS}  # validate all before writing
+    train, validation, test, counts = drop_overlaps(splits["train"], splits["validation"],
+                                                    group_references(splits["test"]))
+    train = train[:limits["train"]] if limits["train"] else train
+    validation = validation[:limits["validation"]] if limits["validation"] else validation
+    records = {split: [{"id": r["id"], "dialogue": r["dialogue"], "summary": r["summary"],
+                        "prompt": DEFAULT.render_prompt(r["dialogue"]),
+                        "response": DEFAULT.render_response(r["summary"])} for r in rows]
+               for split, rows in (("train", train), ("validation", validation))}
+    records["test"] = [{**g, "prompt": DEFAULT.render_prompt(g["dialogue"])} for g in test]
     with atomic.output_dir(args.out_dir) as tmp:
-        for split, rows in splits.items():
-            if split == "test":
-                records = [{**g, "prompt": DEFAULT.render_prompt(g["dialogue"])} for g in group_references(rows)]
-            else:
-                rows = rows[:limits[split]] if limits[split] else rows
-                records = [{"id": r["id"], "dialogue": r["dialogue"], "summary": r["summary"],
-                            "prompt": DEFAULT.render_prompt(r["dialogue"]),
-                            "response": DEFAULT.render_response(r["summary"])} for r in rows]
-            atomic.write_jsonl(tmp / f"{split}.jsonl", records)
-            print(f"{split}: {len(records)} records")
+        for split, rows in records.items():
+            atomic.write_jsonl(tmp / f"{split}.jsonl", rows)
+            print(f"{split}: {len(rows)} records")
+        atomic.write_json(tmp / COUNTS, counts)
+    print(f"dropped as repeats: {counts['train_repeats_dropped']} training, {counts['validation_repeats_dropped']} "
+          f"validation and {counts['test_repeats_dropped']} test dialogues {counts['test_dropped_ids']}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from sumlora import atomic, cli
@@ -34,7 +35,9 @@ def main(argv: list[str]) -> None:
         limit = max_length(model_limit, params.tokenize.max_length)
     except ValueError as e:
         raise ParamsError(f"params.yaml: {e}") from None
-    metrics = {"max_length": limit, "model_context": model_limit}
+    counts = args.formatted_dir / "counts.json"  # what the format stage dropped as repeated dialogues
+    metrics = {"max_length": limit, "model_context": model_limit,
+               "format": json.loads(counts.read_text()) if counts.is_file() else None}
     with atomic.output_dir(args.out_dir) as tmp:
         for split in ("train", "validation"):
             rows = load_records(args.formatted_dir / f"{split}.jsonl")

@@ -84,6 +84,33 @@ def group_references(rows: list[dict]) -> list[dict]:
     return list(groups.values())
 
 
+def _key(dialogue: str) -> str:
+    return " ".join(dialogue.split())  # whitespace-normalised
+
+
+def drop_overlaps(train: list[dict], validation: list[dict], test: list[dict]) -> tuple[list, list, list, dict]:
+    """Keep each dialogue in one place: drop training rows repeating an earlier training dialogue,
+    validation rows repeating a training or earlier validation dialogue, and test records (grouped)
+    whose dialogue appears in train, validation or earlier in test. Text is compared
+    whitespace-normalised. Returns the kept rows of each split and the counts dropped, with the test ids."""
+    seen: set[str] = set()
+
+    def first_seen(rows):
+        kept, dropped = [], []
+        for r in rows:
+            k = _key(r["dialogue"])
+            (dropped if k in seen else kept).append(r)
+            seen.add(k)
+        return kept, dropped
+
+    train, train_dup = first_seen(train)
+    validation, val_dup = first_seen(validation)
+    test, test_dup = first_seen(test)
+    counts = {"train_repeats_dropped": len(train_dup), "validation_repeats_dropped": len(val_dup),
+              "test_repeats_dropped": len(test_dup), "test_dropped_ids": [r["id"] for r in test_dup]}
+    return train, validation, test, counts
+
+
 def load_records(path: str | Path) -> list[dict]:
     """Read a JSONL file written by a stage of this pipeline (no validation beyond JSON)."""
     path = Path(path)

@@ -10,11 +10,36 @@ from __future__ import annotations
 import re
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_SENTENCE_END = re.compile(r"[.!?]+\s+")
+# A period after these words (or after a single capital, an initial) does not end a sentence.
+ABBREVIATIONS = frozenset({"mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "mt", "vs", "e.g", "i.e", "etc"})
+_SPEAKER_TAG = re.compile(r"#?\bperson\s*#?\s*(\d+)\b(?:\s*#)?", re.IGNORECASE)
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences of ``text`` for ROUGE-Lsum: split after . ! ? and whitespace, not after abbreviations
+    ("Mr. Smith", "Dr.", "Mrs.") or initials ("J. Smith")."""
+    text = text.strip()
+    sentences, start = [], 0
+    for m in _SENTENCE_END.finditer(text):
+        before = text[start:m.start()].split()
+        word = before[-1] if before else ""
+        if m.group().startswith(".") and (word.lower() in ABBREVIATIONS or re.fullmatch(r"[A-Z]", word)):
+            continue
+        sentences.append(text[start:m.end()].strip())
+        start = m.end()
+    sentences.append(text[start:].strip())
+    return [s for s in sentences if s]
 
 
 def _sentences_per_line(text: str) -> str:
-    return "\n".join(s for s in _SENTENCE_END.split(text.strip()) if s)
+    return "\n".join(split_sentences(text))
+
+
+def normalise_speaker_tags(text: str) -> str:
+    """``#Person1#``, ``Person 1``, ``person1``, ``#Person 1#`` -> ``#Person1#`` (DialogSum's style), so a score
+    on normalised text counts the content, not the tag style."""
+    return _SPEAKER_TAG.sub(lambda m: f"#Person{m.group(1)}#", text)
 
 
 def make_scorer():

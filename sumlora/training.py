@@ -385,6 +385,7 @@ def train(params: Params, tokenized_dir, base_dir, adapter_dir, checkpoints_dir,
     final_eval = trainer.evaluate()  # every process takes part; only the main one writes below
     per_process = gather_object([{"rows": train_rows, "tokens": train_tokens, "padding": train_padding}])
     if not main:
+        _end_processes(state)  # after the main process has published the adapter
         return None, None
     live.end()
     loss_curves(trainer.state.log_history, Path(live_dir) / "loss.png")
@@ -418,4 +419,13 @@ def train(params: Params, tokenized_dir, base_dir, adapter_dir, checkpoints_dir,
                                         / max(1, sum(p["padding"] + p["tokens"] for p in per_process)), 4),
               "real_tokens_per_s": round(sum(p["tokens"] for p in per_process) / runtime, 1),
               "peak_rss_mb": peak_rss_mb()}
+    _end_processes(state)
     return metrics, timing
+
+
+def _end_processes(state) -> None:
+    """Several processes: wait for each other, then close the process group, so that none exits while
+    another still uses it (an exit mid-collective can abort the process)."""
+    if state.num_processes > 1:
+        state.wait_for_everyone()
+        torch.distributed.destroy_process_group()

@@ -51,3 +51,31 @@ def test_shared_test_split_groups_three_references(dialogsum_dir):
     assert groups[5]["references"] == [by_id[f"test_5_{k}"] for k in (1, 2, 3)]
     # the shared train split has one reference per dialogue
     assert all(len(g["references"]) == 1 for g in group_references(read_jsonl(dialogsum_dir / "train.jsonl")))
+
+
+def test_each_dialogue_is_kept_in_one_split(dialogsum_dir):
+    """Test dialogues that also appear in train, validation or earlier in test (whitespace aside) are dropped,
+    and so are repeated training dialogues; checked against a plain set lookup on the real rows."""
+    from sumlora.data import drop_overlaps, group_references, read_jsonl
+
+    train, val = read_jsonl(dialogsum_dir / "train.jsonl"), read_jsonl(dialogsum_dir / "validation.jsonl")
+    test = group_references(read_jsonl(dialogsum_dir / "test.jsonl"))
+    seen = {" ".join(r["dialogue"].split()) for r in train + val}
+    expected = []
+    for g in test:
+        key = " ".join(g["dialogue"].split())
+        if key in seen:
+            expected.append(g["id"])
+        seen.add(key)
+    assert {"test_59", "test_63", "test_112", "test_337"} <= set(expected)
+    # the same dialogue with other whitespace is still a repeat
+    spaced = dict(train[0], id="extra", dialogue="  " + train[0]["dialogue"].replace(" ", "   ") + "\n")
+    kept_train, kept_val, kept_test, counts = drop_overlaps(train + [spaced], val, test)
+    assert counts["test_dropped_ids"] == expected
+    assert counts["test_repeats_dropped"] == len(expected)
+    assert [g["id"] for g in kept_test] == [g["id"] for g in test if g["id"] not in expected]
+    n_distinct = len({" ".join(r["dialogue"].split()) for r in train})
+    assert counts["train_repeats_dropped"] == len(train) + 1 - n_distinct
+    assert "extra" not in {r["id"] for r in kept_train} and len(kept_train) == n_distinct
+    assert len({" ".join(r["dialogue"].split()) for r in kept_train + kept_val + kept_test}) == (
+        len(kept_train) + len(kept_val) + len(kept_test))

@@ -70,3 +70,14 @@ def test_report_keeps_each_prediction_on_one_line():
     report = markdown_report(m, rows, dict(zip(IDS, ["d0", "d1", "d2", "d3"])), 4)
     assert "### Output: / line one / line two" in report
     assert "**base (training prompt)** (ROUGE-L 0.0): (empty)" in report
+
+
+def test_speaker_tag_normalised_scoring_counts_content_not_tag_style():
+    refs = [["#Person1# buys a car from #Person2#."], ["#Person2# calls #Person1#."]]
+    systems = {"base": ["nothing", "nothing"],
+               "finetuned": ["Person 1 buys a car from Person 2.", "#Person2# calls #Person1#."]}
+    m, _ = evaluate(["a", "b"], refs, systems, samples=50, confidence=0.9, seed=0)
+    assert m["finetuned"]["all_refs"]["rouge1"] < 100
+    assert m["finetuned"]["all_refs_tags_normalised"]["rouge1"] == 100
+    assert m["finetuned"]["all_refs_tags_normalised"]["rouge1"] - m["finetuned"]["all_refs"]["rouge1"] > 5
+    assert "all_refs_tags_normalised" in m["improvement"]

@@ -84,3 +84,27 @@ def test_merge_refuses_an_adapter_for_another_base(adapter, tmp_path, capsys, ti
     assert "was trained on base model" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
 
+
+
+def test_a_non_empty_output_directory_is_refused_unless_forced(adapter, tmp_path, capsys):
+    root, _ = adapter
+    out = tmp_path / "users-folder"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    args = ["--adapter", str(root / "adapter"), "--base", str(root / "base"), "--params", "missing.yaml"]
+    assert main([str(out), *args]) == 1
+    assert "exists and is not empty" in capsys.readouterr().err and (out / "notes.txt").read_text() == "mine"
+    assert main([str(out), *args, "--force"]) == 0
+    assert not (out / "notes.txt").exists() and (out / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("where", ["parent of the adapter", "the adapter", "inside the adapter", "the base"])
+def test_an_output_directory_that_is_or_holds_an_input_is_always_refused(adapter, where, capsys):
+    root, _ = adapter
+    out = {"parent of the adapter": root, "the adapter": root / "adapter",
+           "inside the adapter": root / "adapter" / "merged", "the base": root / "base"}[where]
+    before = sorted(str(p) for p in root.rglob("*"))
+    code = main([str(out), "--adapter", str(root / "adapter"), "--base", str(root / "base"),
+                 "--params", "missing.yaml", "--force"])
+    assert code == 1 and "it is, holds or lies inside the input" in capsys.readouterr().err
+    assert sorted(str(p) for p in root.rglob("*")) == before  # nothing deleted or added
