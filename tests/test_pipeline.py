@@ -9,7 +9,7 @@ from project import dvc, make_project, network_attempts, ran_stages, read_json, 
 
 from sumlora.prompt import DEFAULT, PromptTemplate
 
-ALL_STAGES = {"format", "base_model", "tokenize", "train", "generate_base", "generate_base_chat", "generate_finetuned",
+ALL_STAGES = {"check_params", "format", "base_model", "tokenize", "train", "generate_base", "generate_base_chat", "generate_finetuned",
               "evaluate"}
 
 
@@ -85,7 +85,7 @@ def test_lora_param_change_reruns_only_downstream_stages(project):
     before = (project / "data/predictions/base.jsonl").read_bytes()
     set_params(project, {"lora.r": 4})
     out = dvc(project, "repro").stdout
-    assert ran_stages(out) == {"train", "generate_finetuned", "evaluate"}, out
+    assert ran_stages(out) == {"check_params", "train", "generate_finetuned", "evaluate"}, out
     assert (project / "data/predictions/base.jsonl").read_bytes() == before
     assert json.loads((project / "models/adapter/adapter_config.json").read_text())["r"] == 4
     diff = json.loads(dvc(project, "metrics", "diff", "--all", "--json").stdout)
@@ -97,6 +97,34 @@ def test_lora_param_change_reruns_only_downstream_stages(project):
         "finetuned"]["all_refs"]["rougeL"]
     sh(project, "git", "add", "-A")
     sh(project, "git", "commit", "-qm", "lora.r=4")
+
+
+OUTPUTS = ["models/adapter/adapter_model.safetensors", "metrics/train.json", "metrics/rouge.json", "metrics/data.json",
+           "plots/training/timing.json", "plots/training/plots/metrics/train/loss.tsv", "plots/training/loss.png",
+           "data/predictions/finetuned.jsonl", "reports/evaluation.md", "plots/evaluation/rouge.png"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["repro", "repro train", "exp run -S"])
+def test_a_bad_params_file_fails_before_any_output_is_touched(project, how):
+    """A typo in params.yaml stops the pipeline at check_params, before DVC deletes any stage's outputs."""
+    before = {f: (project / f).read_bytes() for f in OUTPUTS}
+    params = (project / "params.yaml").read_text()
+    if how == "exp run -S":
+        out = dvc(project, "exp", "run", "-S", "lora.dropout=1.5", check=False)
+        problem = "lora.dropout: must be in [0, 1), got 1.5"
+    else:
+        set_params(project, {"lora.rank": 8, "lora.r": 8})
+        out = dvc(project, *how.split(), check=False)
+        problem = "lora.rank: unknown key (did you mean 'lora.r'?)"
+    try:
+        assert out.returncode != 0 and problem in out.stdout + out.stderr, out.stdout[-2000:] + out.stderr[-2000:]
+        assert ran_stages(out.stdout) == {"check_params"}, out.stdout
+        assert {f: (project / f).read_bytes() for f in OUTPUTS} == before
+    finally:
+        (project / "params.yaml").write_text(params)
+    dvc(project, "checkout", "data/params.ok")  # the one output removed, restored from the cache
+    assert ran_stages(dvc(project, "repro").stdout) == set()
 
 
 @pytest.mark.slow
@@ -129,7 +157,7 @@ def experiments(exp_show_json: str) -> list[dict]:
 @pytest.mark.slow
 def test_exp_run_with_set_param_is_listed_in_exp_show(project):
     out = dvc(project, "exp", "run", "-S", "lora.r=2", "-S", "train.max_steps=1").stdout
-    assert ran_stages(out) == {"train", "generate_finetuned", "evaluate"}, out
+    assert ran_stages(out) == {"check_params", "train", "generate_finetuned", "evaluate"}, out
     shown = dvc(project, "exp", "show", "--json").stdout
     ours = [d for d in experiments(shown) if d["params"]["params.yaml"]["data"]["lora"]["r"] == 2]
     assert len(ours) == 1, shown[:2000]
