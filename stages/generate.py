@@ -41,7 +41,7 @@ def main(argv: list[str]) -> None:
     from accelerate.utils import gather_object
 
     from sumlora.generation import generate_chat_summaries, generate_summaries
-    from sumlora.modeling import load_model_and_tokenizer
+    from sumlora.modeling import load_model_and_tokenizer, model_max_positions
 
     gp = params.generate
     state = PartialState(cpu=not torch.cuda.is_available())  # one process unless launched with several
@@ -49,15 +49,18 @@ def main(argv: list[str]) -> None:
     model, tok = load_model_and_tokenizer(args.base_dir, params.model, args.adapter)
     progress = lambda done, n: print(f"  {done}/{n}", flush=True)  # noqa: E731
     start = time.perf_counter()
+    fit = {"context": model_max_positions(model.config)}  # longer dialogues are refused, by id
     with state.split_between_processes(list(range(len(records)))) as mine:
         dialogues = [records[i]["dialogue"] for i in mine]
+        fit["ids"] = [f"{args.test_file}: {records[i]['id']}" for i in mine]
         if args.chat and not getattr(tok, "chat_template", None):
             preds = None
         elif args.chat:
-            preds = generate_chat_summaries(model, tok, dialogues, gp.batch_size, gp.max_new_tokens, progress)
+            preds = generate_chat_summaries(model, tok, dialogues, gp.batch_size, gp.max_new_tokens, progress, **fit)
         else:
             template = PromptTemplate.load(args.adapter) if args.adapter else DEFAULT
-            preds = generate_summaries(model, tok, template, dialogues, gp.batch_size, gp.max_new_tokens, progress)
+            preds = generate_summaries(model, tok, template, dialogues, gp.batch_size, gp.max_new_tokens, progress,
+                                       **fit)
         gathered = gather_object([(i, p) for i, p in zip(mine, preds or [])])
     if not state.is_main_process:
         return

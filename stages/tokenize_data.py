@@ -43,6 +43,10 @@ def main(argv: list[str]) -> None:
             rows = load_records(args.formatted_dir / f"{split}.jsonl")
             kept, counts = tokenize_rows(rows, tok, DEFAULT, limit, params.tokenize.train_on_prompt,
                                          params.seed)
+            if not kept:  # nothing to train or evaluate on: fail here, not in train
+                raise ParamsError(f"tokenize.max_length: {limit} drops all {counts['rows']} {split} rows of "
+                                  f"{args.formatted_dir / (split + '.jsonl')} (the shortest has "
+                                  f"{counts['shortest_row_tokens']} tokens): raise tokenize.max_length")
             atomic.write_jsonl(tmp / f"{split}.jsonl", kept)
             metrics[split] = counts
             print(f"{split}: kept {counts['kept']} of {counts['rows']} "

@@ -35,7 +35,6 @@ def main(argv: list[str]) -> None:
                             args.live_dir, DEFAULT)
     if metrics is None:
         return  # not the main process of a multi-process run: the main one writes every output
-    atomic.write_json(args.live_dir / "timing.json", timing)
     atomic.write_json(args.metrics, metrics)
     print(f"adapter saved to {args.adapter_dir}")
     print(f"trained to step {metrics['steps']} ({timing['steps_this_run']} steps in {timing['runtime_s']} s): "

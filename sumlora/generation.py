@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from sumlora.errors import DataError
 from sumlora.prompt import PromptTemplate
 from sumlora.tokenizing import encode_chat_prompt, encode_prompt
 
@@ -67,22 +68,39 @@ def generate_texts(model, tokenizer, prompts: list[list[int]], batch_size: int, 
             for ids in generate_ids(model, tokenizer, prompts, batch_size, max_new_tokens, stop_strings, progress)]
 
 
+def check_fits(prompts: list[list[int]], ids: list[str], max_new_tokens: int, context: int | None) -> None:
+    """Refuse dialogues whose prompt plus ``max_new_tokens`` exceeds the model's context (the model would
+    generate garbage past it), naming each one."""
+    if context is None:
+        return
+    over = [(i, len(p)) for i, p in zip(ids, prompts) if len(p) + max_new_tokens > context]
+    if over:
+        raise DataError(f"{len(over)} test dialogue(s) do not fit the model's context of {context} tokens with "
+                        f"generate.max_new_tokens={max_new_tokens}: "
+                        + ", ".join(f"{i} ({n} prompt tokens)" for i, n in over[:10])
+                        + "; remove them from the test data, or use a model with a longer context")
+
+
 def summary_prompts(tokenizer, template: PromptTemplate, dialogues: list[str]) -> list[list[int]]:
     """The token ids generation feeds the model for ``dialogues`` (the training prompt)."""
     return [encode_prompt(tokenizer, template, d) for d in dialogues]
 
 
 def generate_summaries(model, tokenizer, template: PromptTemplate, dialogues: list[str],
-                       batch_size: int, max_new_tokens: int, progress=None) -> list[str]:
-    """Greedy summaries of ``dialogues`` with the training prompt, cut at the end marker, in input order."""
+                       batch_size: int, max_new_tokens: int, progress=None, ids: list[str] | None = None,
+                       context: int | None = None) -> list[str]:
+    """Greedy summaries of ``dialogues`` with the training prompt, cut at the end marker, in input order.
+    With ``context``, dialogues (named by ``ids``) too long for it are refused first (:func:`check_fits`)."""
     prompts = summary_prompts(tokenizer, template, dialogues)
+    check_fits(prompts, ids or [str(k) for k in range(len(prompts))], max_new_tokens, context)
     texts = generate_texts(model, tokenizer, prompts, batch_size, max_new_tokens, [template.end_marker], progress)
     return [template.extract_summary(t) for t in texts]
 
 
 def generate_chat_summaries(model, tokenizer, dialogues: list[str], batch_size: int, max_new_tokens: int,
-                            progress=None) -> list[str]:
+                            progress=None, ids: list[str] | None = None, context: int | None = None) -> list[str]:
     """Zero-shot summaries through the tokenizer's chat template (the fair baseline for instruct models)."""
     prompts = [encode_chat_prompt(tokenizer, d) for d in dialogues]
+    check_fits(prompts, ids or [str(k) for k in range(len(prompts))], max_new_tokens, context)
     return [t.strip() for t in generate_texts(model, tokenizer, prompts, batch_size, max_new_tokens,
                                               progress=progress)]

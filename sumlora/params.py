@@ -255,7 +255,13 @@ def cross_checks(p: Params) -> list[str]:
     """Problems that involve several sections or the machine."""
     import torch
 
+    from sumlora.prompt import DEFAULT
+
     errs = []
+    if p.tokenize.max_length is not None and p.tokenize.max_length < DEFAULT.min_tokens():
+        errs.append(f"tokenize.max_length: {p.tokenize.max_length} cannot hold any training row: the prompt "
+                    f"template alone has {DEFAULT.min_tokens() - 1} words (set it to a few hundred or more, "
+                    "or null for the model's context length)")
     if p.model.load_in_4bit and p.model.compute_dtype == "float16" and not torch.cuda.is_available():
         errs.append("model.compute_dtype: float16 4-bit matmuls need a CUDA GPU; none is available "
                     "(use float32 on CPU)")

@@ -38,6 +38,11 @@ class PromptTemplate:
         """The summary from generated text: everything before the end marker, stripped."""
         return generated.split(self.end_marker, 1)[0].strip()
 
+    def min_tokens(self) -> int:
+        """A lower bound on the tokens of any training row: the words of the fixed text around a one-word
+        dialogue and summary (tokenizers that split at spaces give each word at least one token), plus EOS."""
+        return len((self.render_prompt("x") + self.render_response("y")).split()) + 1
+
     def save(self, directory: str | Path) -> None:
         atomic.write_json(Path(directory) / TEMPLATE_FILE, dataclasses.asdict(self))
 

@@ -52,10 +52,12 @@ def max_length(model_limit: int | None, cap: int | None) -> int:
 def tokenize_rows(rows: list[dict], tokenizer, template: PromptTemplate, limit: int,
                   train_on_prompt: bool, seed: int) -> tuple[list[dict], dict]:
     """Encode, drop rows longer than ``limit`` tokens, shuffle with ``seed``. Returns (rows, counts)."""
-    kept, lengths, dropped = [], [], 0
+    kept, lengths, dropped, shortest = [], [], 0, None
     for row in rows:
         ex = encode_example(tokenizer, template, row["dialogue"], row["summary"], train_on_prompt)
-        if len(ex["input_ids"]) > limit:
+        n = len(ex["input_ids"])
+        shortest = n if shortest is None else min(shortest, n)
+        if n > limit:
             dropped += 1
             continue
         if not any(label != IGNORE_INDEX for label in ex["labels"]):
@@ -64,6 +66,6 @@ def tokenize_rows(rows: list[dict], tokenizer, template: PromptTemplate, limit: 
         lengths.append(len(ex["input_ids"]))
     random.Random(seed).shuffle(kept)
     counts = {"rows": len(rows), "kept": len(kept), "dropped_over_length": dropped,
-              "tokens": sum(lengths), "max_tokens": max(lengths, default=0),
+              "tokens": sum(lengths), "max_tokens": max(lengths, default=0), "shortest_row_tokens": shortest,
               "mean_tokens": round(sum(lengths) / len(lengths), 2) if lengths else 0.0}
     return kept, counts

@@ -346,7 +346,8 @@ def training_arguments(params: Params, output_dir, **overrides):
 
 def train(params: Params, tokenized_dir, base_dir, adapter_dir, checkpoints_dir, live_dir,
           template: PromptTemplate) -> dict:
-    """Train a LoRA adapter; write it (with tokenizer and template) atomically to ``adapter_dir``."""
+    """Train a LoRA adapter; write it (with tokenizer and template) atomically to ``adapter_dir``, and the
+    loss curves, loss.png and timing.json atomically to ``live_dir``. Returns (metrics, timing)."""
     from accelerate import PartialState
     from accelerate.utils import gather_object
     from dvclive import Live
@@ -375,7 +376,13 @@ def train(params: Params, tokenized_dir, base_dir, adapter_dir, checkpoints_dir,
         print(f"resuming from {resume}" if resume else "training from scratch"
               + (f" on {state.num_processes} processes ({state.backend})" if state.num_processes > 1 else ""))
     args = training_arguments(params, checkpoints_dir)
-    live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None) if main else None
+    # The curves are written beside live_dir and moved into place whole at the end, so a killed run
+    # leaves the previous complete live_dir (a resumed run replays its curve so far into a fresh one).
+    live_dir = Path(live_dir)
+    partial = live_dir.with_name(f".{live_dir.name}.partial")
+    if main:
+        shutil.rmtree(partial, ignore_errors=True)  # left by a killed run
+    live = Live(str(partial), dvcyaml=False, save_dvc_exp=False, report=None) if main else None
     trainer = trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                                data_collator=PadCollator(tok.pad_token_id), callbacks=_callbacks(live))
     start = time.perf_counter()
@@ -388,7 +395,7 @@ def train(params: Params, tokenized_dir, base_dir, adapter_dir, checkpoints_dir,
         _end_processes(state)  # after the main process has published the adapter
         return None, None
     live.end()
-    loss_curves(trainer.state.log_history, Path(live_dir) / "loss.png")
+    loss_curves(trainer.state.log_history, partial / "loss.png")
 
     with atomic.output_dir(adapter_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
@@ -419,6 +426,8 @@ def train(params: Params, tokenized_dir, base_dir, adapter_dir, checkpoints_dir,
                                         / max(1, sum(p["padding"] + p["tokens"] for p in per_process)), 4),
               "real_tokens_per_s": round(sum(p["tokens"] for p in per_process) / runtime, 1),
               "peak_rss_mb": peak_rss_mb()}
+    atomic.write_json(partial / "timing.json", timing)
+    atomic.replace_dir(partial, live_dir)
     _end_processes(state)
     return metrics, timing
 

@@ -61,6 +61,14 @@ def test_a_missing_section_is_one_problem():
     assert "1 problem(s)" in str(e.value), str(e.value)
 
 
+def test_a_max_length_below_the_template_is_rejected_without_the_model():
+    data = committed()
+    data["tokenize"]["max_length"] = 10
+    with pytest.raises(ParamsError, match=r"tokenize.max_length: 10 cannot hold any training row: the prompt "
+                                          r"template alone has \d+ words"):
+        parse_params(data)
+
+
 def test_bool_is_not_an_int_and_int_is_a_float():
     data = committed()
     data["train"]["max_steps"] = True

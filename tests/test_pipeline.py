@@ -2,6 +2,7 @@
 
 import json
 import re
+import sys
 import time
 
 import pytest
@@ -125,6 +126,36 @@ def test_a_bad_params_file_fails_before_any_output_is_touched(project, how):
         (project / "params.yaml").write_text(params)
     dvc(project, "checkout", "data/params.ok")  # the one output removed, restored from the cache
     assert ran_stages(dvc(project, "repro").stdout) == set()
+
+
+@pytest.mark.slow
+def test_tokenize_fails_when_max_length_drops_every_row(project):
+    params = (project / "params.yaml").read_text()
+    set_params(project, {"tokenize.max_length": 40})  # valid for the schema, below every row's length
+    try:
+        out = dvc(project, "repro", "tokenize", check=False)
+    finally:
+        (project / "params.yaml").write_text(params)
+    assert out.returncode != 0 and "train" not in ran_stages(out.stdout)
+    assert re.search(r"tokenize.max_length: 40 drops all 12 train rows of data/formatted/train.jsonl "
+                     r"\(the shortest has \d+ tokens\): raise tokenize.max_length", out.stderr), out.stderr[-2000:]
+    sh(project, "git", "checkout", "metrics/data.json")  # restorable: git for the metric, the cache for the data
+    dvc(project, "checkout")
+    assert ran_stages(dvc(project, "repro").stdout) == set()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", [[], ["--chat"], ["--adapter", "models/adapter"]])
+def test_a_dialogue_longer_than_the_models_context_is_refused_by_id(project, tmp_path, mode):
+    records = [json.loads(x) for x in (project / "data/formatted/test.jsonl").read_text().splitlines()][:2]
+    records[1]["id"], records[1]["dialogue"] = "test_long", records[1]["dialogue"] * 40  # > 2048 tokens
+    test_file = tmp_path / "test.jsonl"
+    test_file.write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = sh(project, sys.executable, "-m", "stages.generate", str(test_file), "models/base",
+             str(tmp_path / "out.jsonl"), *mode, check=False)
+    assert out.returncode == 1 and not (tmp_path / "out.jsonl").exists()
+    assert re.search(r"error: 1 test dialogue\(s\) do not fit the model's context of 2048 tokens with "
+                     r"generate.max_new_tokens=8: .*test.jsonl: test_long \(\d+ prompt tokens\)", out.stderr), out.stderr
 
 
 @pytest.mark.slow

@@ -93,6 +93,20 @@ def test_killed_training_resumes_from_last_complete_checkpoint(project):
     assert steps == sorted(set(steps)) and steps[0] <= step < steps[-1] == 30
 
 
+def test_killed_training_leaves_the_previous_curves_whole(project):
+    dvc(project, "repro", "train")
+    curves = project / "plots/training"
+    before = {p.relative_to(curves): p.read_bytes() for p in curves.rglob("*") if p.is_file()}
+    assert Path("timing.json") in before and Path("plots/metrics/train/loss.tsv") in before
+    kill_after_first_checkpoint(project, start_training(project))
+    assert {p.relative_to(curves): p.read_bytes() for p in curves.rglob("*") if p.is_file()} == before
+    assert json.loads(dvc(project, "status", "train", "--json").stdout) == {}  # DVC sees nothing modified
+    out = finish_training(project)  # resumes; the curve replayed into the new directory is continuous
+    assert "resuming from" in out
+    steps = logged_steps(project)
+    assert steps == sorted(set(steps)) and steps[-1] == 30 and steps[0] <= 2
+
+
 def test_incomplete_checkpoint_is_skipped(project):
     step = kill_after_first_checkpoint(project, start_training(project))
     # what a process killed while saving leaves: a later checkpoint without the completion marker
