@@ -41,6 +41,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--out", type=Path, default=Path("data/raw/dialogsum"))
     args = ap.parse_args(argv)
     try:
+        if args.source != "hub" and not Path(args.source).is_dir():
+            raise DataError(f"--source {args.source}: not a directory (give 'hub' or a directory holding "
+                            + ", ".join(f"{s}.jsonl" for s in SPLITS) + ")")
+        if args.out.exists() and not args.out.is_dir():
+            raise DataError(f"--out {args.out}: exists and is not a directory (move it away first)")
         with atomic.output_dir(args.out) as tmp:
             if args.source == "hub":
                 from_hub(tmp)

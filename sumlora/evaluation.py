@@ -1,4 +1,4 @@
-"""The evaluate stage's numbers: ROUGE two ways, paired bootstrap intervals, lengths, per-example rows.
+"""The evaluate stage's numbers: ROUGE three ways, paired bootstrap intervals, lengths, per-example rows.
 
 Everything is deterministic: the same predictions give byte-identical outputs (the bootstrap
 is seeded, figures are rounded to 4 places).
@@ -101,7 +101,9 @@ def markdown_report(metrics: dict, rows: list[dict], dialogues: dict[str, str], 
            f"{metrics['num_dialogues']} test dialogues. {metrics['scale']}.", "",
            f"Improvement = fine-tuned minus the stronger baseline, **{label[metrics['baseline']]}**, "
            f"with a paired bootstrap {pct}% interval ({metrics['bootstrap_samples']} resamples of the "
-           "dialogues). An interval that excludes 0 means the gain is unlikely to be chance.", ""]
+           "dialogues). The interval covers which test dialogues were drawn, not training randomness "
+           "(another seed trains another adapter): an interval that excludes 0 says the gain of *this* "
+           "adapter is unlikely to be an accident of the dialogues drawn.", ""]
     titles = {"all_refs": "Against all references", "first_ref": "Against the first reference",
               "all_refs_tags_normalised": "Against all references, speaker tags normalised"}
     for scoring, title in titles.items():

@@ -35,6 +35,18 @@ def main(argv: list[str], stdin=None, stdout=None) -> int:
     return 0
 
 
+def read_dialogue(path: Path) -> str:
+    """The text of a dialogue file; a directory or a file that is not UTF-8 text is a clear error."""
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory; give a dialogue text file (or - for standard input)")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start}: {data[e.start:e.start + 4]!r}); "
+                        "give a plain-text dialogue") from None
+
+
 def summarize(args, stdin) -> str:
     from sumlora.cli import offline
 
@@ -45,8 +57,10 @@ def summarize(args, stdin) -> str:
     from sumlora.prompt import PromptTemplate
     from sumlora.tokenizing import encode_prompt
 
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise SumloraError(f"--max-new-tokens: must be >= 1, got {args.max_new_tokens}")
     where = "standard input" if args.input == "-" else args.input
-    text = stdin.read() if args.input == "-" else Path(args.input).read_text(encoding="utf-8")
+    text = stdin.read() if args.input == "-" else read_dialogue(Path(args.input))
     if not text.strip():
         raise DataError(f"{where}: empty input, nothing to summarize")
     if args.params.is_file():
@@ -54,7 +68,7 @@ def summarize(args, stdin) -> str:
         model_params, max_new = params.model, params.generate.max_new_tokens
     else:
         model_params, max_new = ModelParams(), GenerateParams().max_new_tokens
-    max_new = args.max_new_tokens or max_new
+    max_new = args.max_new_tokens if args.max_new_tokens is not None else max_new
     model, tok = load_model_and_tokenizer(args.base, model_params, args.adapter)  # checks adapter and base
     template = PromptTemplate.load(args.adapter)  # the template the adapter was trained with
     n_prompt = len(encode_prompt(tok, template, text))

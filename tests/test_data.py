@@ -79,3 +79,22 @@ def test_each_dialogue_is_kept_in_one_split(dialogsum_dir):
     assert "extra" not in {r["id"] for r in kept_train} and len(kept_train) == n_distinct
     assert len({" ".join(r["dialogue"].split()) for r in kept_train + kept_val + kept_test}) == (
         len(kept_train) + len(kept_val) + len(kept_test))
+
+
+def test_get_data_refuses_a_source_or_output_that_is_a_file(tmp_path, dialogsum_dir):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    script = [sys.executable, str(ROOT / "scripts/get_data.py")]
+    (tmp_path / "train.jsonl").write_text("{}\n")
+    out = subprocess.run(script + ["--source", str(tmp_path / "train.jsonl"), "--out", str(tmp_path / "raw")],
+                         capture_output=True, text=True)
+    assert out.returncode == 1 and "train.jsonl: not a directory (give 'hub' or a directory holding" in out.stderr
+    (tmp_path / "raw").write_text("a file where the data directory should be")
+    out = subprocess.run(script + ["--source", str(dialogsum_dir), "--out", str(tmp_path / "raw")],
+                         capture_output=True, text=True)
+    assert out.returncode == 1 and "raw: exists and is not a directory" in out.stderr, out.stderr
+    assert (tmp_path / "raw").read_text() == "a file where the data directory should be"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw", "train.jsonl"]  # nothing left behind

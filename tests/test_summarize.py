@@ -68,3 +68,24 @@ def test_clear_errors(trained, tmp_path, capsys, case, message):
                      "--max-new-tokens", "10"], text)
     assert code == 1 and out == ""
     assert re.search(message, capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("directory", r"d: is a directory; give a dialogue text file"),
+    ("binary", r"b.bin: not UTF-8 text \(byte 0: b'\\xff\\xfe\\x00\\x01'\)"),
+    ("zero_tokens", r"--max-new-tokens: must be >= 1, got 0"),
+    ("negative_tokens", r"--max-new-tokens: must be >= 1, got -5"),
+])
+def test_bad_input_is_refused_before_the_model_loads(tmp_path, capsys, case, message):
+    """No model is needed to refuse these: the base and adapter given do not even exist."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "b.bin").write_bytes(b"\xff\xfe\x00\x01")
+    (tmp_path / "ok.txt").write_text(DIALOGUE)
+    inp = {"directory": "d", "binary": "b.bin"}.get(case, "ok.txt")
+    tokens = {"zero_tokens": "0", "negative_tokens": "-5"}.get(case, "10")
+    code, out = run([str(tmp_path / inp), "--adapter", str(tmp_path / "no-adapter"), "--base",
+                     str(tmp_path / "no-base"), "--params", "missing.yaml", "--max-new-tokens", tokens])
+    assert code == 1 and out == ""
+    err = capsys.readouterr().err
+    assert re.search(message, err), err
+    assert "no base model here" not in err and "Traceback" not in err
