@@ -13,6 +13,7 @@ counts.json says how many (the tokenize stage copies it into metrics/data.json).
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from pathlib import Path
 
 from sumlora import atomic, cli
@@ -34,6 +35,9 @@ def main(argv: list[str]) -> None:
     splits = {s: read_jsonl(args.raw_dir / f"{s}.jsonl") for s in SPLITS}  # validate all before writing
     train, validation, test, counts = drop_overlaps(splits["train"], splits["validation"],
                                                     group_references(splits["test"]))
+    # dialogues with fewer references score lower against "all references": counted, not hidden
+    counts["test_dialogues_by_reference_count"] = {str(k): n for k, n in sorted(Counter(
+        len(g["references"]) for g in test).items())}
     train = train[:limits["train"]] if limits["train"] else train
     validation = validation[:limits["validation"]] if limits["validation"] else validation
     records = {split: [{"id": r["id"], "dialogue": r["dialogue"], "summary": r["summary"],
@@ -47,7 +51,8 @@ def main(argv: list[str]) -> None:
             print(f"{split}: {len(rows)} records")
         atomic.write_json(tmp / COUNTS, counts)
     print(f"dropped as repeats: {counts['train_repeats_dropped']} training, {counts['validation_repeats_dropped']} "
-          f"validation and {counts['test_repeats_dropped']} test dialogues {counts['test_dropped_ids']}")
+          f"validation and {counts['test_repeats_dropped']} test dialogues {counts['test_dropped_ids']}; "
+          f"test dialogues by number of references: {counts['test_dialogues_by_reference_count']}")
 
 
 if __name__ == "__main__":

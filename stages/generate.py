@@ -44,6 +44,7 @@ def main(argv: list[str]) -> None:
     from sumlora.modeling import load_model_and_tokenizer, model_max_positions
 
     gp = params.generate
+    atomic.check_writable(args.out_file)  # before the model loads and the summaries are generated
     state = PartialState(cpu=not torch.cuda.is_available())  # one process unless launched with several
     records = load_records(args.test_file)[:gp.num_dialogues]
     model, tok = load_model_and_tokenizer(args.base_dir, params.model, args.adapter)

@@ -15,11 +15,24 @@ trains on its own share of every batch and only the main process writes outputs.
 from __future__ import annotations
 
 import argparse
+import shutil
+import sys
 from pathlib import Path
 
 from sumlora import atomic, cli
 from sumlora.params import load_params
 from sumlora.prompt import DEFAULT
+
+
+LOW_DISK = 16 << 20  # bytes free under which a failed save is reported as a full disk
+
+
+def _next_run(checkpoints_dir: Path) -> str:
+    from sumlora.training import last_complete_checkpoint
+
+    ckpt = last_complete_checkpoint(checkpoints_dir)
+    return (f"the next `dvc repro` resumes from {ckpt}" if ckpt
+            else "the next `dvc repro` starts training again (no checkpoint yet)")
 
 
 def main(argv: list[str]) -> None:
@@ -31,8 +44,21 @@ def main(argv: list[str]) -> None:
     cli.offline()
     from sumlora.training import train
 
-    metrics, timing = train(params, args.tokenized_dir, args.base_dir, args.adapter_dir, args.checkpoints_dir,
-                            args.live_dir, DEFAULT)
+    try:
+        metrics, timing = train(params, args.tokenized_dir, args.base_dir, args.adapter_dir, args.checkpoints_dir,
+                                args.live_dir, DEFAULT)
+    except KeyboardInterrupt:  # Ctrl-C: say where the next run picks up, not a 100-line traceback
+        print(f"interrupted; {_next_run(args.checkpoints_dir)}", file=sys.stderr)
+        sys.exit(130)
+    # a full disk: torch.save says only "unexpected pos ...", safetensors raises its own error type
+    except Exception as e:  # noqa: BLE001 - re-raised unless the disk is (nearly) full
+        free = shutil.disk_usage(args.checkpoints_dir).free if args.checkpoints_dir.exists() else None
+        if free is None or free > LOW_DISK:
+            raise
+        print(f"error: {args.checkpoints_dir}: No space left on device ({free // 1024} KiB free) while saving "
+              f"a checkpoint ({str(e).splitlines()[0][:200]}); free space there; {_next_run(args.checkpoints_dir)}",
+              file=sys.stderr)
+        sys.exit(1)
     if metrics is None:
         return  # not the main process of a multi-process run: the main one writes every output
     atomic.write_json(args.metrics, metrics)

@@ -29,6 +29,15 @@ def _tmp_sibling(path: Path) -> Path:
     return Path(name)
 
 
+def check_writable(path: str | os.PathLike) -> None:
+    """Fail now, not after the work, if ``path`` cannot be written (read-only disk, no permission):
+    create and remove a temporary sibling. Raises the OSError, naming ``path``."""
+    try:
+        _tmp_sibling(Path(path)).unlink()
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from None
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically (fsync, then rename)."""
     path = Path(path)
@@ -39,6 +48,9 @@ def write_text(path: str | os.PathLike, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # e.g. a full disk: name the file being written, not the temporary one
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror, str(path)) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -71,13 +83,22 @@ def output_dir(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def _remove(path: Path) -> None:
+    """Remove a file, link or directory tree; nothing if it is not there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
 def replace_dir(src: Path, path: Path) -> None:
-    """Move the complete directory ``src`` to ``path`` (a sibling), replacing what was there whole."""
+    """Move the complete directory ``src`` to ``path`` (a sibling), replacing what was there whole
+    (a directory, or a file in its place)."""
     old = None
-    if path.exists():
+    if path.exists() or path.is_symlink():
         old = path.with_name(f".{path.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
         os.replace(path, old)
     os.replace(src, path)
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)

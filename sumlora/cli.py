@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from typing import Callable
@@ -24,10 +25,19 @@ def peak_rss_mb() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
+# What the machine says no to: no space, read-only file system, no permission, quota.
+DISK_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM}
+
+
 def run(main: Callable[[list[str]], None]) -> None:
-    """Run a stage's ``main``; known input errors print one clear message and exit 1."""
+    """Run a stage's ``main``; known input errors and disk refusals print one clear message and exit 1."""
     try:
         main(sys.argv[1:])
     except (SumloraError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as e:
+        if e.errno not in DISK_ERRORS:
+            raise
+        print(f"error: {e.filename or 'writing output'}: {e.strerror}", file=sys.stderr)
         sys.exit(1)

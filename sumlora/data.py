@@ -71,11 +71,17 @@ def group_references(rows: list[dict]) -> list[dict]:
         g = groups.setdefault(row["dialogue"], {"ids": [], "dialogue": row["dialogue"], "references": []})
         g["ids"].append(row["id"])
         g["references"].append(row["summary"])
+    # the split's layout: one row per reference (ids STEM_1, STEM_2, ...) as soon as one dialogue has several
+    per_reference = any(len(g["ids"]) > 1 for g in groups.values())
     for g in groups.values():
         ids = g.pop("ids")
         stems = {_REF_SUFFIX.sub("", i) for i in ids}
-        # test_7_1, test_7_2, test_7_3 -> test_7; a single reference keeps its id
-        g["id"] = stems.pop() if len(ids) > 1 and len(stems) == 1 else ids[0]
+        if len(stems) > 1:  # one dialogue text under unrelated ids: which record is it?
+            raise DataError(f"test split: rows {', '.join(ids)} hold the same dialogue but their ids have "
+                            f"different stems ({', '.join(sorted(stems))}); give a dialogue's references ids "
+                            "STEM_1, STEM_2, ...")
+        # test_7_1, test_7_2, test_7_3 -> test_7; so does a lone test_7_1 (a dialogue with one reference)
+        g["id"] = stems.pop() if per_reference and all(_REF_SUFFIX.search(i) for i in ids) else ids[0]
         groups[g["dialogue"]] = {"id": g["id"], "dialogue": g["dialogue"], "references": g["references"]}
     ids = [g["id"] for g in groups.values()]
     if len(set(ids)) != len(ids):  # two dialogues reduced to one id: keep the row ids distinct

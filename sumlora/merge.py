@@ -90,6 +90,13 @@ def main(argv: list[str]) -> int:
     except (SumloraError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:
+        from sumlora.cli import DISK_ERRORS
+
+        if e.errno not in DISK_ERRORS:
+            raise
+        print(f"error: {e.filename}: {e.strerror}", file=sys.stderr)
+        return 1
     how = (f"de-quantized from 4-bit {info['base_dequantized_from']} to {info['dtype']} (not merged into "
            "4-bit weights: re-quantizing would round most of the LoRA update away)"
            if info["base_dequantized_from"] else f"in {info['dtype']}")

@@ -69,6 +69,9 @@ def _load_full_precision(name: str, trust_remote_code: bool):
         model.load_state_dict(gguf_model.state_dict(), strict=True)
         return model, tok
     is_local = Path(name).exists()
+    if is_local and not (Path(name) / "config.json").is_file():
+        raise ModelError(f"model.name={name!r}: a local path, but not a model directory (no config.json in it); "
+                         "point it at a directory written by save_pretrained, or use a hub id or 'embedded'")
     try:
         tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, use_safetensors=True,
@@ -211,12 +214,16 @@ def load_tokenizer(base_dir: str | Path):
 
 
 def load_model_and_tokenizer(base_dir: str | Path, params: ModelParams, adapter_dir: str | Path | None = None):
-    """Load the base model (4-bit when configured) and its tokenizer; attach an adapter if given."""
+    """Load the base model (4-bit when configured) and its tokenizer; attach an adapter if given.
+
+    The adapter's files and its match with the base are checked before the base is loaded."""
     from transformers import AutoModelForCausalLM
 
     base_dir = Path(base_dir)
     if not (base_dir / "config.json").is_file():
         raise ModelError(f"{base_dir}: no base model here (run the base_model stage: dvc repro base_model)")
+    if adapter_dir is not None:
+        check_adapter(adapter_dir, base_dir)
     tok = load_tokenizer(base_dir)
     # On GPUs each process (one per device under accelerate launch / torchrun) loads onto its own device.
     device_map = {"": int(os.environ.get("LOCAL_RANK", 0))} if torch.cuda.is_available() else None
@@ -229,15 +236,36 @@ def load_model_and_tokenizer(base_dir: str | Path, params: ModelParams, adapter_
     return model, tok
 
 
-def attach_adapter(model, adapter_dir: str | Path, base_dir: str | Path):
-    """Wrap ``model`` (loaded from ``base_dir``) with the trained adapter in ``adapter_dir``, for inference."""
-    from peft import PeftModel
+def check_adapter(adapter_dir: str | Path, base_dir: str | Path) -> None:
+    """Refuse, before any model is loaded, an adapter directory that is missing, incomplete, holds only
+    pickled weights, a truncated or corrupt weights file, or was trained on another base."""
+    from safetensors import safe_open
 
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise ModelError(f"{adapter_dir}: no adapter here (adapter_config.json missing; run dvc repro train)")
-    if not (adapter_dir / "adapter_model.safetensors").is_file():
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not weights.is_file():
         raise ModelError(f"{adapter_dir}: adapter_model.safetensors missing; pickled weights "
                          "(adapter_model.bin) are refused because loading them can run arbitrary code")
+    try:
+        with safe_open(str(weights), "pt") as f:
+            f.keys()
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own SafetensorError, and OSError
+        raise ModelError(f"{weights}: not a readable safetensors file ({e}); it may be truncated: "
+                         "restore it (dvc checkout models/adapter) or retrain") from None
     check_adapter_matches_base(adapter_dir, base_dir)
-    return PeftModel.from_pretrained(model, adapter_dir, is_trainable=False)
+
+
+def attach_adapter(model, adapter_dir: str | Path, base_dir: str | Path):
+    """Wrap ``model`` (loaded from ``base_dir``) with the trained adapter in ``adapter_dir``, for inference."""
+    from peft import PeftModel
+
+    check_adapter(adapter_dir, base_dir)
+    try:
+        return PeftModel.from_pretrained(model, adapter_dir, is_trainable=False)
+    except RuntimeError as e:
+        if "size mismatch" not in str(e):
+            raise
+        raise ModelError(f"{adapter_dir}: its weights do not fit the base model in {base_dir} (size mismatch: "
+                         f"trained on another base); use the base it was trained on") from None

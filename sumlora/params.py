@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import sys
 import types
 import typing
@@ -201,6 +202,19 @@ def _type_ok(value, tp) -> bool:
     return isinstance(value, tp)
 
 
+def _yaml_float(text: str) -> str:
+    """``2e-4`` -> ``2.0e-4``: the spelling PyYAML reads as a float."""
+    m = re.fullmatch(r"([+-]?\d+)([eE][+-]?\d+)", text.strip())
+    return f"{m.group(1)}.0{m.group(2)}" if m else repr(float(text))
+
+
+def _float_or_none(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 def _type_name(tp) -> str:
     return str(tp).replace("typing.", "").replace("<class '", "").replace("'>", "").replace("NoneType", "null")
 
@@ -242,7 +256,11 @@ def _build(cls, data, prefix: str, errors: list[str]):
             errors.append(f"{path}: missing (every param must be set in params.yaml so DVC can track it)")
             bad.add(name)
         elif not _type_ok(data[name], tp):
-            errors.append(f"{path}: expected {_type_name(tp)}, got {data[name]!r} ({type(data[name]).__name__})")
+            hint = ""
+            if tp in (float, float | None) and isinstance(data[name], str) and _float_or_none(data[name]) is not None:
+                hint = f" (YAML reads {data[name]} as a string; write {_yaml_float(data[name])})"
+            errors.append(f"{path}: expected {_type_name(tp)}, got {data[name]!r} ({type(data[name]).__name__})"
+                          + hint)
             bad.add(name)
         else:
             kwargs[name] = float(data[name]) if tp is float else data[name]
@@ -291,10 +309,14 @@ def parse_params(data, source: str = "params.yaml") -> Params:
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate a params file; raise ParamsError naming every bad key."""
     path = Path(path)
+    if path.is_dir():
+        raise ParamsError(f"{path}: is a directory, not a params file")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ParamsError(f"{path}: file not found") from None
+    except UnicodeDecodeError as e:
+        raise ParamsError(f"{path}: not a text file (byte {e.start} is not UTF-8)") from None
     except yaml.YAMLError as e:
         raise ParamsError(f"{path}: not valid YAML: {e}") from None
     return parse_params(data, str(path))

@@ -32,6 +32,13 @@ def main(argv: list[str], stdin=None, stdout=None) -> int:
     except (SumloraError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:
+        from sumlora.cli import DISK_ERRORS
+
+        if e.errno not in DISK_ERRORS:
+            raise
+        print(f"error: {e.filename}: {e.strerror}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -239,6 +239,13 @@ def resumable_checkpoint(checkpoints_dir, fingerprint: str, max_steps: int) -> P
     return complete[-1] if complete else None
 
 
+def last_complete_checkpoint(checkpoints_dir) -> Path | None:
+    """The complete checkpoint a rerun of the same run would resume from (None if there is none)."""
+    d = Path(checkpoints_dir)
+    complete = [c for c in d.glob("checkpoint-*") if (c / COMPLETE).is_file()] if d.is_dir() else []
+    return max(complete, key=_step) if complete else None
+
+
 def mark_finished(checkpoints_dir, fingerprint: str) -> None:
     """Record that the run finished and its adapter was published: its checkpoints are never resumed."""
     atomic.write_json(Path(checkpoints_dir) / RUN_FILE, {"fingerprint": fingerprint, "finished": True})

@@ -98,3 +98,32 @@ def test_get_data_refuses_a_source_or_output_that_is_a_file(tmp_path, dialogsum_
     assert out.returncode == 1 and "raw: exists and is not a directory" in out.stderr, out.stderr
     assert (tmp_path / "raw").read_text() == "a file where the data directory should be"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw", "train.jsonl"]  # nothing left behind
+
+
+def test_a_dialogue_with_one_reference_keeps_the_id_shape_and_is_counted(dialogsum_dir, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    rows = read_jsonl(dialogsum_dir / "test.jsonl")[:9]  # test_0..test_2, three references each
+    rows = [r for r in rows if r["id"] not in ("test_1_2", "test_1_3")]  # test_1 keeps one reference
+    assert [g["id"] for g in group_references(rows)] == ["test_0", "test_1", "test_2"]
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for split in ("train", "validation"):
+        (raw / f"{split}.jsonl").write_text((dialogsum_dir / f"{split}.jsonl").read_text().splitlines()[0] + "\n")
+    (raw / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    subprocess.run([sys.executable, "-m", "stages.format_data", "raw", "out"], cwd=tmp_path, check=True,
+                   env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, capture_output=True)
+    counts = json.loads((tmp_path / "out/counts.json").read_text())
+    assert counts["test_dialogues_by_reference_count"] == {"1": 1, "3": 2}
+
+
+def test_one_dialogue_under_unrelated_ids_is_an_error(dialogsum_dir):
+    rows = read_jsonl(dialogsum_dir / "test.jsonl")[:6]
+    rows[2] = {**rows[2], "id": "other_9_3"}  # test_0's third reference under another stem
+    with pytest.raises(DataError, match=r"rows test_0_1, test_0_2, other_9_3 hold the same dialogue but their ids "
+                                        r"have different stems \(other_9, test_0\)"):
+        group_references(rows)

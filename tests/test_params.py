@@ -117,3 +117,24 @@ def test_set_args_turns_params_into_phi2_config(tmp_path):
             node = node[p]
         node[leaf] = yaml.safe_load(value)
     assert parse_params(data) == load_params(ROOT / "configs" / "phi2_gpu.yaml")
+
+
+def test_a_float_written_2e_4_gets_the_spelling_yaml_reads():
+    data = committed()
+    data["train"]["learning_rate"] = "2e-4"  # what PyYAML makes of 2e-4
+    with pytest.raises(ParamsError, match=r"train.learning_rate: expected float, got '2e-4' \(str\) "
+                                          r"\(YAML reads 2e-4 as a string; write 2.0e-4\)"):
+        parse_params(data)
+
+
+@pytest.mark.parametrize("what", ["directory", "binary"])
+def test_params_check_of_a_directory_or_binary_file_is_one_line(tmp_path, what):
+    path = tmp_path / "p"
+    if what == "directory":
+        path.mkdir()
+    else:
+        path.write_bytes(b"\x7fELF\x02\x01\x01\x00\xff\xfe")
+    out = subprocess.run([sys.executable, "-m", "sumlora.params", "check", str(path)], cwd=ROOT,
+                         capture_output=True, text=True)
+    expected = "is a directory, not a params file" if what == "directory" else "not a text file (byte 8 is not UTF-8)"
+    assert out.returncode == 1 and expected in out.stderr and "Traceback" not in out.stderr, out.stderr

@@ -108,6 +108,15 @@ def test_hub_id_without_network_is_a_clear_error(tmp_path):
         materialize_base("no-such-org/no-such-model", tmp_path)
 
 
+def test_a_local_folder_that_is_not_a_model_is_one_clear_error(tmp_path):
+    from sumlora.errors import ModelError
+    from sumlora.modeling import materialize_base
+
+    (tmp_path / "notes.txt").write_text("not a model")
+    with pytest.raises(ModelError, match=r"a local path, but not a model directory \(no config.json in it\)"):
+        materialize_base(str(tmp_path), tmp_path / "out")
+
+
 def test_adapter_refused_on_another_base_model(tmp_path, tiny_llama_dir, tiny_phi_dir, params):
     """An adapter records the base it was trained on; loading it on another base fails clearly."""
     from sumlora.errors import ModelError

@@ -2,6 +2,7 @@
 half-written outputs; identical runs give identical metrics; no network; safetensors only."""
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -105,6 +106,43 @@ def test_killed_training_leaves_the_previous_curves_whole(project):
     assert "resuming from" in out
     steps = logged_steps(project)
     assert steps == sorted(set(steps)) and steps[-1] == 30 and steps[0] <= 2
+
+
+def test_ctrl_c_says_where_the_next_run_resumes(project):
+    proc = start_training(project)
+    deadline = time.time() + 300
+    while time.time() < deadline and not [s for s, m in complete_checkpoints(project).items()
+                                          if proc.checkpoints_before.get(s) != m]:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, out[-3000:]
+    step = max(complete_checkpoints(project))
+    assert f"interrupted; the next `dvc repro` resumes from models/checkpoints/checkpoint-" in out, out[-3000:]
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out
+    assert f"resuming from models/checkpoints/checkpoint-{step}" in finish_training(project)
+
+
+def test_full_disk_while_saving_a_checkpoint_is_one_line(project, tmp_path):
+    disk = tmp_path / "small"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root): the full-disk case is not run")
+    ckpt = project / "models/checkpoints"
+    saved = tmp_path / "checkpoints"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    shutil.move(ckpt, saved)
+    ckpt.symlink_to(disk)
+    try:
+        out = subprocess.run(TRAIN, cwd=project, env=env(), capture_output=True, text=True)
+    finally:
+        ckpt.unlink()
+        subprocess.run(["umount", str(disk)], capture_output=True)
+        shutil.move(saved, ckpt)
+    assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
+    assert re.search(r"error: models/checkpoints: No space left on device \(\d+ KiB free\) while saving a "
+                     r"checkpoint .*; free space there; the next `dvc repro` (resumes|starts)", out.stderr), out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
 
 
 def test_incomplete_checkpoint_is_skipped(project):
@@ -295,3 +333,12 @@ def test_outputs_get_ordinary_file_permissions(tmp_path):
         os.umask(old)
     assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+
+
+def test_output_dir_replacing_a_file_leaves_nothing_behind(tmp_path):
+    target = tmp_path / "dialogsum"
+    target.write_text("a file where the directory goes")
+    with atomic.output_dir(target) as tmp:
+        (tmp / "train.jsonl").write_text("{}\n")
+    assert (target / "train.jsonl").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dialogsum"]  # no .dialogsum.old

@@ -89,3 +89,32 @@ def test_bad_input_is_refused_before_the_model_loads(tmp_path, capsys, case, mes
     err = capsys.readouterr().err
     assert re.search(message, err), err
     assert "no base model here" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no_adapter_broken_base", r"no adapter here \(adapter_config.json missing"),
+    ("truncated", r"adapter_model.safetensors: not a readable safetensors file \(.*\); it may be truncated"),
+    ("other_base_no_info", r"its weights do not fit the base model in .*other_base \(size mismatch"),
+])
+def test_adapter_problems_are_one_line_each(trained, tmp_path, capsys, case, message):
+    import shutil
+
+    root, _ = trained
+    adapter, base = tmp_path / "adapter", root / "base"
+    if case != "no_adapter_broken_base":
+        shutil.copytree(root / "adapter", adapter)
+    if case == "no_adapter_broken_base":  # the adapter is checked before the base is loaded
+        base = tmp_path / "base"
+        shutil.copytree(root / "base", base)
+        (base / "model.safetensors").write_bytes(b"not weights")
+    elif case == "truncated":
+        weights = adapter / "adapter_model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
+    else:  # an adapter from elsewhere: no adapter_info.json to compare, so the shapes tell
+        (adapter / "adapter_info.json").unlink()
+        base = root / "other_base"
+    code, out = run(["--adapter", str(adapter), "--base", str(base), "--params", "missing.yaml",
+                     "--max-new-tokens", "5"], DIALOGUE)
+    err = capsys.readouterr().err
+    assert code == 1 and out == "" and re.search(message, err), err
+    assert "Traceback" not in err and len([line for line in err.splitlines() if line.startswith("error:")]) == 1
