@@ -44,8 +44,8 @@ def start_training(proj: Path) -> subprocess.Popen:
     return proc
 
 
-def kill_after_first_checkpoint(proj: Path, proc: subprocess.Popen) -> int:
-    """SIGKILL the training process as soon as it has completed a checkpoint; return its step."""
+def wait_for_new_checkpoint(proj: Path, proc: subprocess.Popen) -> int:
+    """Wait until the training process has completed a checkpoint of its own; return its step."""
     deadline = time.time() + 300
     while time.time() < deadline:
         try:
@@ -54,13 +54,19 @@ def kill_after_first_checkpoint(proj: Path, proc: subprocess.Popen) -> int:
         except FileNotFoundError:  # cleared while we looked
             new = []
         if new:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
             return new[-1]
-        assert proc.poll() is None, f"training ended before it could be killed:\n{proc.stdout.read()[-3000:]}"
+        assert proc.poll() is None, f"training ended before it completed a checkpoint:\n{proc.stdout.read()[-3000:]}"
         time.sleep(0.02)
     proc.kill()
     raise AssertionError("no checkpoint within 300 s")
+
+
+def kill_after_first_checkpoint(proj: Path, proc: subprocess.Popen) -> int:
+    """SIGKILL the training process as soon as it has completed a checkpoint; return its step."""
+    step = wait_for_new_checkpoint(proj, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return step
 
 
 def finish_training(proj: Path) -> str:
@@ -109,18 +115,22 @@ def test_killed_training_leaves_the_previous_curves_whole(project):
 
 
 def test_ctrl_c_says_where_the_next_run_resumes(project):
-    proc = start_training(project)
-    deadline = time.time() + 300
-    while time.time() < deadline and not [s for s, m in complete_checkpoints(project).items()
-                                          if proc.checkpoints_before.get(s) != m]:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
-    out = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 130, out[-3000:]
-    step = max(complete_checkpoints(project))
-    assert f"interrupted; the next `dvc repro` resumes from models/checkpoints/checkpoint-" in out, out[-3000:]
-    assert "Traceback" not in out and "KeyboardInterrupt" not in out
-    assert f"resuming from models/checkpoints/checkpoint-{step}" in finish_training(project)
+    set_params(project, {"train.max_steps": 3000})  # still training when the signal comes, however fast the machine
+    try:
+        proc = start_training(project)
+        wait_for_new_checkpoint(project, proc)
+        proc.send_signal(signal.SIGINT)
+        out = proc.communicate(timeout=120)[0]
+        assert proc.returncode == 130, out[-3000:]
+        step = max(complete_checkpoints(project))
+        assert f"interrupted; the next `dvc repro` resumes from models/checkpoints/checkpoint-{step}" in out, out[-3000:]
+        assert "Traceback" not in out and "KeyboardInterrupt" not in out
+        resumed = start_training(project)  # the same run picks up there
+        wait_for_new_checkpoint(project, resumed)
+        resumed.send_signal(signal.SIGKILL)
+        assert f"resuming from models/checkpoints/checkpoint-{step}" in resumed.communicate(timeout=60)[0]
+    finally:
+        set_params(project, {"train.max_steps": 30})
 
 
 def test_full_disk_while_saving_a_checkpoint_is_one_line(project, tmp_path):
