@@ -95,7 +95,7 @@ def main(argv: list[str]) -> int:
 
         if e.errno not in DISK_ERRORS:
             raise
-        print(f"error: {e.filename}: {e.strerror}", file=sys.stderr)
+        print(f"error: {e.filename or args.out_dir}: {e.strerror}", file=sys.stderr)
         return 1
     how = (f"de-quantized from 4-bit {info['base_dequantized_from']} to {info['dtype']} (not merged into "
            "4-bit weights: re-quantizing would round most of the LoRA update away)"

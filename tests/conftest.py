@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -111,3 +112,17 @@ def params():
     from sumlora.params import load_params
 
     return load_params(ROOT / "params.yaml")
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A 4 KiB tmpfs, and a read-only one (mounting needs root; skipped otherwise)."""
+    mounts = {"full": tmp_path / "full", "ro": tmp_path / "ro"}
+    for name, opts in (("full", "size=4k"), ("ro", "ro,size=4k")):
+        mounts[name].mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(mounts[name])],
+                          capture_output=True).returncode != 0:
+            pytest.skip("cannot mount a tmpfs here (needs root): the disk-full and read-only cases are not run")
+    yield mounts
+    for m in mounts.values():
+        subprocess.run(["umount", str(m)], capture_output=True)

@@ -108,3 +108,16 @@ def test_an_output_directory_that_is_or_holds_an_input_is_always_refused(adapter
                  "--params", "missing.yaml", "--force"])
     assert code == 1 and "it is, holds or lies inside the input" in capsys.readouterr().err
     assert sorted(str(p) for p in root.rglob("*")) == before  # nothing deleted or added
+
+
+@pytest.mark.parametrize("disk, message", [("ro", "cannot write there"), ("full", "No space left on device")])
+def test_merge_onto_a_read_only_or_full_disk_is_one_line_and_leaves_nothing(adapter, small_disk, disk, message,
+                                                                             capsys):
+    """Read-only: refused before the model loads; full: the write fails, named, and no partial directory stays."""
+    root, _ = adapter
+    out = small_disk[disk] / "merged"
+    code = main([str(out), "--adapter", str(root / "adapter"), "--base", str(root / "base"),
+                 "--params", "missing.yaml"])
+    last = capsys.readouterr().err.splitlines()[-1]  # after the weights' loading bar, if the model loaded
+    assert code == 1 and last.startswith(f"error: {out}") and message in last, last
+    assert list(small_disk[disk].iterdir()) == []

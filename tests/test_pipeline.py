@@ -159,20 +159,6 @@ def test_a_dialogue_longer_than_the_models_context_is_refused_by_id(project, tmp
                      r"generate.max_new_tokens=8: .*test.jsonl: test_long \(\d+ prompt tokens\)", out.stderr), out.stderr
 
 
-@pytest.fixture()
-def small_disk(tmp_path):
-    """A 4 KiB tmpfs, and a read-only one (mounting needs root; skipped otherwise)."""
-    mounts = {"full": tmp_path / "full", "ro": tmp_path / "ro"}
-    for name, opts in (("full", "size=4k"), ("ro", "ro,size=4k")):
-        mounts[name].mkdir()
-        if subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(mounts[name])],
-                          capture_output=True).returncode != 0:
-            pytest.skip("cannot mount a tmpfs here (needs root): the disk-full and read-only cases are not run")
-    yield mounts
-    for m in mounts.values():
-        subprocess.run(["umount", str(m)], capture_output=True)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("disk, message", [("ro", "Read-only file system"), ("full", "No space left on device")])
 def test_generate_on_a_read_only_or_full_disk_is_one_line(project, small_disk, disk, message):
