@@ -1,6 +1,6 @@
 """Generation throughput: the tutorial's loop vs this pipeline, same model, dialogues and machine.
 
-    python benchmarks/bench_generate.py --base models/base --adapter models/adapter --data ../shared/dialogsum
+    python -m benchmarks.bench_generate --base models/base --adapter models/adapter --data ../shared/dialogsum
 
 - baseline (the tutorial): one dialogue at a time, always 100 new tokens (--new-tokens), then the text is cut
   at the end marker;
@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import ROOT, arm_parser, device, load_rows, machine, peak_memory_mb, run_arm, table
+from benchmarks.common import ROOT, arm_parser, device, load_rows, machine, peak_memory_mb, run_arm, table
 
 ARMS = ("baseline", "ours")
 
@@ -26,9 +26,9 @@ ARMS = ("baseline", "ours")
 def arm(args) -> dict:
     import torch
 
+    from sumlora.core.params import load_params
     from sumlora.generation import generate_summaries
     from sumlora.modeling import load_model_and_tokenizer
-    from sumlora.params import load_params
     from sumlora.prompt import DEFAULT, PromptTemplate
     from sumlora.tokenizing import encode_prompt
 
@@ -62,8 +62,8 @@ def arm(args) -> dict:
     sync()
     seconds = time.perf_counter() - start
     return {"arm": args.arm, "seconds": seconds, "dialogues": len(dialogues), "summaries": summaries,
-            "generated_tokens": generated_tokens, "new_tokens": args.new_tokens, "batch_size": 1 if args.arm == "baseline" else
-            params.generate.batch_size, **peak_memory_mb()}
+            "generated_tokens": generated_tokens, "new_tokens": args.new_tokens,
+            "batch_size": 1 if args.arm == "baseline" else params.generate.batch_size, **peak_memory_mb()}
 
 
 def main(argv: list[str]) -> None:
@@ -79,7 +79,7 @@ def main(argv: list[str]) -> None:
 
     common = ["--base", str(args.base), "--adapter", str(args.adapter or ""), "--data", str(args.data),
               "--params", str(args.params), "--dialogues", str(args.dialogues), "--new-tokens", str(args.new_tokens)]
-    b, o = (run_arm(Path(__file__), ["--arm", a, *common]) for a in ARMS)
+    b, o = (run_arm(__spec__.name, ["--arm", a, *common]) for a in ARMS)
     same = sum(x == y for x, y in zip(b["summaries"], o["summaries"]))
     mem = "peak_gpu_mb" if "peak_gpu_mb" in b else "peak_rss_mb"
     rate = {r["arm"]: r["dialogues"] / r["seconds"] for r in (b, o)}

@@ -1,6 +1,6 @@
 """Training throughput: the tutorial's recipe vs this pipeline, same model, data and machine.
 
-    python benchmarks/bench_train.py --base models/base --data ../shared/dialogsum --steps 12
+    python -m benchmarks.bench_train --base models/base --data ../shared/dialogsum --steps 12
 
 Both arms QLoRA-train the same 4-bit base with the same LoRA config for the same number of
 optimizer steps at the same effective batch (4 rows), in a fresh process each:
@@ -8,7 +8,7 @@ optimizer steps at the same effective batch (4 rows), in a fresh process each:
 - baseline (the tutorial): batch 1 x grad-accum 4, DataCollatorForLanguageModeling (loss on
   the whole text, pad = eos), gradient checkpointing, group_by_length, paged_adamw_8bit;
 - ours (the train stage): params.yaml's train section (batch 4 x accum 1 by default, no
-  checkpointing), batches of similar-length rows (sumlora.training.length_grouped_order), loss
+  checkpointing), batches of similar-length rows (sumlora.training.batching.length_grouped_order), loss
   on the summary tokens only with the LM head computed only there (summary_loss).
 
 Reported per arm: time per optimizer step, real (non-padding) tokens/s, padding fraction,
@@ -22,9 +22,8 @@ import json
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-from common import arm_parser, device, load_rows, machine, matmul_peak_gflops, peak_memory_mb, run_arm, table
+from benchmarks.common import arm_parser, device, load_rows, machine, matmul_peak_gflops, peak_memory_mb, run_arm, table
 
 ARMS = ("baseline", "ours")
 
@@ -33,14 +32,12 @@ def matmul_params(model) -> int:
     """Weights in the transformer blocks' linear layers (4-bit ones counted as the weights they hold)."""
     import torch
 
-    from sumlora.training import weight_count
-
     n = 0
     for name, m in model.named_modules():
         if "lora_" in name or "lm_head" in name or hasattr(m, "base_layer") or getattr(m, "weight", None) is None:
             continue  # (peft's wrapper shares its base layer's weight: count that once, as the base layer)
         if isinstance(m, torch.nn.Linear) or type(m).__name__.startswith("Linear"):
-            n += weight_count(m.weight)
+            n += m.weight.numel() * (2 if type(m.weight).__name__ == "Params4bit" else 1)  # 2 per uint8
     return n
 
 
@@ -50,7 +47,8 @@ def validation_loss(model, tok, rows: list[dict], batch_size: int = 4) -> float:
 
     from sumlora.prompt import DEFAULT
     from sumlora.tokenizing import encode_example
-    from sumlora.training import PadCollator, summary_loss
+    from sumlora.training.batching import PadCollator
+    from sumlora.training.trainer import summary_loss
 
     collate, total, count = PadCollator(tok.pad_token_id), 0.0, 0
     model.eval()
@@ -70,11 +68,12 @@ def arm(args) -> dict:
     from datasets import Dataset
     from transformers import DataCollatorForLanguageModeling, Trainer
 
-    from sumlora.params import load_params
+    from sumlora.core.params import load_params
+    from sumlora.lora import prepare_qlora_model
     from sumlora.prompt import DEFAULT
     from sumlora.tokenizing import encode_example
-    from sumlora.training import (PadCollator, grouped_by_length, prepare_qlora_model, trainer_class,
-                                  training_arguments)
+    from sumlora.training.batching import PadCollator, grouped_by_length
+    from sumlora.training.trainer import trainer_class, training_arguments
 
     params = load_params(args.params)
     params.model.compute_dtype = "bfloat16" if device() == "cuda" else "float32"
@@ -94,7 +93,8 @@ def arm(args) -> dict:
         collator = DataCollatorForLanguageModeling(tok, mlm=False)
         trainer_cls = Trainer
     else:
-        ds = grouped_by_length(Dataset.from_list([{**e, "row": i} for i, e in enumerate(encoded)]), params)
+        ds = grouped_by_length(Dataset.from_list([{**e, "row": i} for i, e in enumerate(encoded)]), params.train,
+                               params.seed)
         collator, trainer_cls = PadCollator(tok.pad_token_id), trainer_class()
 
     class Counting(trainer_cls):
@@ -111,7 +111,8 @@ def arm(args) -> dict:
     with tempfile.TemporaryDirectory() as out:
         # the baseline groups by length with transformers' own sampler, as the tutorial does
         sampling = {"train_sampling_strategy": "group_by_length"} if baseline else {}
-        targs = training_arguments(params, out, eval_strategy="no", save_strategy="no", logging_steps=args.steps,
+        targs = training_arguments(params.train, params.seed, params.model.compute_dtype, out, eval_strategy="no",
+                                   save_strategy="no", logging_steps=args.steps,
                                    learning_rate=2.0e-4, **sampling)
         trainer = Counting(model=model, args=targs, train_dataset=ds, data_collator=collator)
         if device() == "cuda":
@@ -141,7 +142,7 @@ def main(argv: list[str]) -> None:
     peak = matmul_peak_gflops()
     common = ["--base", str(args.base), "--data", str(args.data), "--params", str(args.params),
               "--steps", str(args.steps), "--eval-rows", str(args.eval_rows)]
-    res = {a: run_arm(Path(__file__), ["--arm", a, *common]) for a in ARMS}
+    res = {a: run_arm(__spec__.name, ["--arm", a, *common]) for a in ARMS}
     for r in res.values():
         r["s_per_step"] = r["seconds"] / r["steps"]
         r["tokens_per_s"] = r["real_tokens"] / r["seconds"]

@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def device() -> str:
@@ -92,11 +91,12 @@ def arm_parser(doc: str, arms: tuple[str, ...]):
     return ap
 
 
-def run_arm(script: Path, argv: list[str]) -> dict:
-    """Run ``script --arm ...`` in a fresh Python process; return the JSON it writes."""
+def run_arm(module: str, argv: list[str]) -> dict:
+    """Run ``python -m module --arm ...`` in a fresh Python process (from the repository root); return the
+    JSON it writes."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "arm.json"
-        subprocess.run([sys.executable, str(script), *argv, "--result", str(out)], check=True)
+        subprocess.run([sys.executable, "-m", module, *argv, "--result", str(out)], check=True, cwd=ROOT)
         return json.loads(out.read_text())
 
 
@@ -106,7 +106,7 @@ def any_tokenizer(tokenizer_dir: Path | None):
 
     if tokenizer_dir is not None and (Path(tokenizer_dir) / "tokenizer_config.json").is_file():
         return AutoTokenizer.from_pretrained(tokenizer_dir)
-    from sumlora.modeling import embedded_gguf_path
+    from sumlora.convert import embedded_gguf_path
 
     gguf = embedded_gguf_path()
     return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -143,8 +143,8 @@ def table(rows: list[tuple], header: tuple) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # python benchmarks/common.py random-model KIND OUT_DIR [TOKENIZER_DIR]
+if __name__ == "__main__":  # python -m benchmarks.common random-model KIND OUT_DIR [TOKENIZER_DIR]
     if sys.argv[1:2] != ["random-model"] or len(sys.argv) not in (4, 5):
-        sys.exit("usage: python benchmarks/common.py random-model phi2|tiny-phi OUT_DIR [TOKENIZER_DIR]")
+        sys.exit("usage: python -m benchmarks.common random-model phi2|tiny-phi OUT_DIR [TOKENIZER_DIR]")
     built = build_random_model(sys.argv[2], Path(sys.argv[4]) if len(sys.argv) == 5 else None, Path(sys.argv[3]))
     print(f"{built}: random {sys.argv[2]} model")

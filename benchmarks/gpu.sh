@@ -17,8 +17,8 @@ DATA=${DATA:-../shared/dialogsum}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 mkdir -p "$OUT"
 "$PY" -c 'import torch; print("device:", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")' | tee "$OUT/device.txt"
-"$PY" benchmarks/common.py random-model "$SIZE" "$OUT/model" ${TOKENIZER:+"$TOKENIZER"}
-"$PY" benchmarks/bench_train.py --base "$OUT/model" --data "$DATA" --steps "${STEPS:-10}" --eval-rows 8 \
+"$PY" -m benchmarks.common random-model "$SIZE" "$OUT/model" ${TOKENIZER:+"$TOKENIZER"}
+"$PY" -m benchmarks.bench_train --base "$OUT/model" --data "$DATA" --steps "${STEPS:-10}" --eval-rows 8 \
   --json "$OUT/train.json" | tee "$OUT/train.md"
-"$PY" benchmarks/bench_generate.py --base "$OUT/model" --adapter '' --data "$DATA" --dialogues "${DIALOGUES:-32}" --new-tokens "${NEW_TOKENS:-100}" \
+"$PY" -m benchmarks.bench_generate --base "$OUT/model" --adapter '' --data "$DATA" --dialogues "${DIALOGUES:-32}" --new-tokens "${NEW_TOKENS:-100}" \
   --json "$OUT/generate.json" | tee "$OUT/generate.md"

@@ -11,21 +11,17 @@ that use the changed params.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
-from sumlora import atomic, cli
-from sumlora.params import load_params
+from sumlora.core import atomic, cli
+from sumlora.core.params import load_params
+from sumlora.prompt import check_template_fits
 
 VALID = "params.yaml: valid\n"
 
 
 def main(argv: list[str]) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("params_file", type=Path)
-    ap.add_argument("out_file", type=Path)
+    ap = cli.path_parser(__doc__, "params_file", "out_file")
     args = ap.parse_args(argv)
-    load_params(args.params_file)  # ParamsError: every problem with its key path, exit 1
+    load_params(args.params_file, extra_checks=[check_template_fits])  # ParamsError: every problem, by key
     atomic.write_text(args.out_file, VALID)
     print(f"{args.params_file}: valid")
 

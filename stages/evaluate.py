@@ -10,28 +10,22 @@ plots/evaluation/rouge.csv (for `dvc plots show`) and rouge.png.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
-from pathlib import Path
 
-from sumlora import atomic, cli
+from sumlora.core import atomic, cli
+from sumlora.core.errors import DataError
+from sumlora.core.params import load_params
 from sumlora.data import load_records
-from sumlora.errors import DataError
-from sumlora.evaluation import SCORINGS, evaluate, markdown_report
-from sumlora.params import load_params
-from sumlora.plots import rouge_bars
-from sumlora.rouge import ROUGE_TYPES
+from sumlora.evaluation.report import markdown_report, rouge_bars
+from sumlora.evaluation.rouge import ROUGE_TYPES
+from sumlora.evaluation.scores import SCORINGS, evaluate
 
 SYSTEMS = ("base", "base_chat", "finetuned")
 
 
 def main(argv: list[str]) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("predictions_dir", type=Path)
-    ap.add_argument("metrics", type=Path)
-    ap.add_argument("reports_dir", type=Path)
-    ap.add_argument("plots_dir", type=Path)
+    ap = cli.path_parser(__doc__, "predictions_dir", "metrics", "reports_dir", "plots_dir")
     args = ap.parse_args(argv)
     params = load_params()
     runs = {name: load_records(args.predictions_dir / f"{name}.jsonl") for name in SYSTEMS}

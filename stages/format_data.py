@@ -1,33 +1,28 @@
-"""Format DialogSum rows into prompt/response records.
+"""Validate DialogSum rows and split them into the records the later stages read.
 
     python -m stages.format_data data/raw/dialogsum data/formatted
 
-Writes train/validation.jsonl ({id, dialogue, summary, prompt, response}) and test.jsonl
-({id, dialogue, references, prompt}: the references of one dialogue grouped into one record).
-Each dialogue is kept in one place (whitespace-normalised text): repeated training dialogues,
-validation dialogues also in train, and test dialogues also in train, validation or earlier in
-test are dropped;
-counts.json says how many (the tokenize stage copies it into metrics/data.json).
+Writes train/validation.jsonl ({id, dialogue, summary}) and test.jsonl ({id, dialogue,
+references}: the references of one dialogue grouped into one record). Each dialogue is kept in
+one place (whitespace-normalised text): repeated training dialogues, validation dialogues also
+in train, and test dialogues also in train, validation or earlier in test are dropped;
+counts.json says how many (the tokenize stage copies it into metrics/data.json). No prompt is
+rendered here: the tokenize stage renders it and records the template it used.
 """
 
 from __future__ import annotations
 
-import argparse
 from collections import Counter
-from pathlib import Path
 
-from sumlora import atomic, cli
+from sumlora.core import atomic, cli
+from sumlora.core.params import load_params
 from sumlora.data import SPLITS, drop_overlaps, group_references, read_jsonl
-from sumlora.params import load_params
-from sumlora.prompt import DEFAULT
 
 COUNTS = "counts.json"
 
 
 def main(argv: list[str]) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("raw_dir", type=Path)
-    ap.add_argument("out_dir", type=Path)
+    ap = cli.path_parser(__doc__, "raw_dir", "out_dir")
     args = ap.parse_args(argv)
     params = load_params()
     cli.offline()
@@ -40,11 +35,9 @@ def main(argv: list[str]) -> None:
         len(g["references"]) for g in test).items())}
     train = train[:limits["train"]] if limits["train"] else train
     validation = validation[:limits["validation"]] if limits["validation"] else validation
-    records = {split: [{"id": r["id"], "dialogue": r["dialogue"], "summary": r["summary"],
-                        "prompt": DEFAULT.render_prompt(r["dialogue"]),
-                        "response": DEFAULT.render_response(r["summary"])} for r in rows]
+    records = {split: [{"id": r["id"], "dialogue": r["dialogue"], "summary": r["summary"]} for r in rows]
                for split, rows in (("train", train), ("validation", validation))}
-    records["test"] = [{**g, "prompt": DEFAULT.render_prompt(g["dialogue"])} for g in test]
+    records["test"] = test
     with atomic.output_dir(args.out_dir) as tmp:
         for split, rows in records.items():
             atomic.write_jsonl(tmp / f"{split}.jsonl", rows)

@@ -1,12 +1,15 @@
 """Generate summaries of the test dialogues with the base model, or base + adapter.
 
-    python -m stages.generate data/formatted/test.jsonl models/base data/predictions/base.jsonl
+    python -m stages.generate data/formatted/test.jsonl models/base data/predictions/base.jsonl \
+        --template data/tokenized/prompt_template.json
     python -m stages.generate data/formatted/test.jsonl models/base data/predictions/base_chat.jsonl --chat
-    python -m stages.generate data/formatted/test.jsonl models/base data/predictions/finetuned.jsonl --adapter models/adapter
+    python -m stages.generate data/formatted/test.jsonl models/base data/predictions/finetuned.jsonl \
+        --adapter models/adapter
 
-Default: the training prompt (with an adapter, the template saved beside it). ``--chat``: the
-zero-shot baseline, a plain instruction through the tokenizer's chat template; a tokenizer
-without one gets an empty output file (evaluate then skips that baseline).
+``--template``: the base model with the training prompt (the template the tokenize stage
+recorded). ``--adapter``: base + adapter, with the template saved beside the adapter.
+``--chat``: the zero-shot baseline, a plain instruction through the tokenizer's chat template;
+a tokenizer without one gets an empty output file (evaluate then skips that baseline).
 Output JSONL: id, dialogue, references, prediction.
 
 Under ``accelerate launch`` / torchrun each process summarizes its own share of the
@@ -15,23 +18,20 @@ dialogues; the main process gathers them and writes the file.
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
-from sumlora import atomic, cli
+from sumlora.core import atomic, cli
+from sumlora.core.params import load_params
 from sumlora.data import load_records
-from sumlora.params import load_params
-from sumlora.prompt import DEFAULT, PromptTemplate
+from sumlora.prompt import PromptTemplate
 
 
 def main(argv: list[str]) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("test_file", type=Path)
-    ap.add_argument("base_dir", type=Path)
-    ap.add_argument("out_file", type=Path)
-    mode = ap.add_mutually_exclusive_group()
-    mode.add_argument("--adapter", type=Path, default=None, help="LoRA adapter directory")
+    ap = cli.path_parser(__doc__, "test_file", "base_dir", "out_file")
+    mode = ap.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--template", type=Path, help="prompt_template.json: the base model, training prompt")
+    mode.add_argument("--adapter", type=Path, help="LoRA adapter directory (its template beside it)")
     mode.add_argument("--chat", action="store_true", help="zero-shot through the chat template")
     args = ap.parse_args(argv)
     params = load_params()
@@ -59,7 +59,7 @@ def main(argv: list[str]) -> None:
         elif args.chat:
             preds = generate_chat_summaries(model, tok, dialogues, gp.batch_size, gp.max_new_tokens, progress, **fit)
         else:
-            template = PromptTemplate.load(args.adapter) if args.adapter else DEFAULT
+            template = PromptTemplate.load(args.adapter or args.template)
             preds = generate_summaries(model, tok, template, dialogues, gp.batch_size, gp.max_new_tokens, progress,
                                        **fit)
         gathered = gather_object([(i, p) for i, p in zip(mine, preds or [])])

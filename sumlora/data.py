@@ -12,11 +12,10 @@ import json
 import re
 from pathlib import Path
 
+from sumlora.core.errors import DataError
+
 SPLITS = ("train", "validation", "test")
 TEXT_FIELDS = ("dialogue", "summary")
-
-
-from sumlora.errors import DataError
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

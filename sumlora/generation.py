@@ -11,19 +11,26 @@ from __future__ import annotations
 
 import torch
 
-from sumlora.errors import DataError
+from sumlora.core.errors import DataError
 from sumlora.prompt import PromptTemplate
-from sumlora.tokenizing import encode_chat_prompt, encode_prompt
+from sumlora.tokenizing import encode_prompt
+
+# The zero-shot baseline: a plain instruction through the model's own chat template. It lives here,
+# not with the training prompt, so editing it reruns the baseline's generation and not training.
+CHAT_INSTRUCTION = "Summarize the following conversation in one or two sentences.\n\n{dialogue}"
 
 
-def _left_pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(ids) for ids in batch)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, ids in enumerate(batch):
-        input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-        attention[row, width - len(ids):] = 1
-    return input_ids, attention
+def chat_messages(dialogue: str) -> list[dict]:
+    """The chat-template baseline's conversation: one user turn asking for a summary."""
+    return [{"role": "user", "content": CHAT_INSTRUCTION.format(dialogue=dialogue.strip())}]
+
+
+def encode_chat_prompt(tokenizer, dialogue: str) -> list[int]:
+    """Token ids of the zero-shot baseline prompt, rendered with the tokenizer's chat template."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("the tokenizer has no chat template")
+    text = tokenizer.apply_chat_template(chat_messages(dialogue), add_generation_prompt=True, tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def end_token_ids(model, tokenizer) -> list[int]:
@@ -48,7 +55,8 @@ def generate_ids(model, tokenizer, prompts: list[list[int]], batch_size: int, ma
     eos = end_token_ids(model, tokenizer)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        input_ids, attention = _left_pad([prompts[i] for i in idx], tokenizer.pad_token_id)
+        batch = tokenizer.pad({"input_ids": [prompts[i] for i in idx]}, padding_side="left", return_tensors="pt")
+        input_ids, attention = batch["input_ids"], batch["attention_mask"]
         out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
                              max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                              temperature=None, top_p=None, top_k=None,
@@ -68,11 +76,12 @@ def generate_texts(model, tokenizer, prompts: list[list[int]], batch_size: int, 
             for ids in generate_ids(model, tokenizer, prompts, batch_size, max_new_tokens, stop_strings, progress)]
 
 
-def check_fits(prompts: list[list[int]], ids: list[str], max_new_tokens: int, context: int | None) -> None:
+def check_fits(prompts: list[list[int]], ids: list[str] | None, max_new_tokens: int, context: int | None) -> None:
     """Refuse dialogues whose prompt plus ``max_new_tokens`` exceeds the model's context (the model would
-    generate garbage past it), naming each one."""
+    generate garbage past it), naming each one by ``ids`` (by position when None)."""
     if context is None:
         return
+    ids = ids or [str(k) for k in range(len(prompts))]
     over = [(i, len(p)) for i, p in zip(ids, prompts) if len(p) + max_new_tokens > context]
     if over:
         raise DataError(f"{len(over)} test dialogue(s) do not fit the model's context of {context} tokens with "
@@ -92,7 +101,7 @@ def generate_summaries(model, tokenizer, template: PromptTemplate, dialogues: li
     """Greedy summaries of ``dialogues`` with the training prompt, cut at the end marker, in input order.
     With ``context``, dialogues (named by ``ids``) too long for it are refused first (:func:`check_fits`)."""
     prompts = summary_prompts(tokenizer, template, dialogues)
-    check_fits(prompts, ids or [str(k) for k in range(len(prompts))], max_new_tokens, context)
+    check_fits(prompts, ids, max_new_tokens, context)
     texts = generate_texts(model, tokenizer, prompts, batch_size, max_new_tokens, [template.end_marker], progress)
     return [template.extract_summary(t) for t in texts]
 
@@ -101,6 +110,6 @@ def generate_chat_summaries(model, tokenizer, dialogues: list[str], batch_size: 
                             progress=None, ids: list[str] | None = None, context: int | None = None) -> list[str]:
     """Zero-shot summaries through the tokenizer's chat template (the fair baseline for instruct models)."""
     prompts = [encode_chat_prompt(tokenizer, d) for d in dialogues]
-    check_fits(prompts, ids or [str(k) for k in range(len(prompts))], max_new_tokens, context)
+    check_fits(prompts, ids, max_new_tokens, context)
     return [t.strip() for t in generate_texts(model, tokenizer, prompts, batch_size, max_new_tokens,
                                               progress=progress)]

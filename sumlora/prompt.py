@@ -1,9 +1,10 @@
 """The one prompt template, used by training and by generation alike.
 
 Training renders ``prompt + response`` and generation renders the same ``prompt``
-with the same function, so the two cannot drift apart. The train stage saves the
-template beside the adapter (``prompt_template.json``) and generation with an
-adapter loads it from there.
+with the same function, so the two cannot drift apart. The template travels with the
+data (``prompt_template.json``): the tokenize stage writes the one it used beside the
+tokenized rows, the train stage copies that file beside the adapter, and generation
+reads it from there (the base model's run reads the tokenized data's copy).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from sumlora import atomic
+from sumlora.core import atomic
 
 TEMPLATE_FILE = "prompt_template.json"
 
@@ -47,11 +48,13 @@ class PromptTemplate:
         atomic.write_json(Path(directory) / TEMPLATE_FILE, dataclasses.asdict(self))
 
     @classmethod
-    def load(cls, directory: str | Path) -> "PromptTemplate":
-        path = Path(directory) / TEMPLATE_FILE
+    def load(cls, where: str | Path) -> PromptTemplate:
+        """The template in ``where``: a ``prompt_template.json`` file, or a directory holding one."""
+        path = Path(where)
+        path = path / TEMPLATE_FILE if path.is_dir() else path
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no prompt template beside the adapter "
-                                    "(was it written by the train stage?)")
+            raise FileNotFoundError(f"{path}: no prompt template here (it is written by the tokenize stage "
+                                    "and copied beside the adapter by the train stage)")
         data = json.loads(path.read_text(encoding="utf-8"))
         fields = {f.name for f in dataclasses.fields(cls)}
         if set(data) != fields:
@@ -61,10 +64,12 @@ class PromptTemplate:
 
 DEFAULT = PromptTemplate()
 
-# The zero-shot baseline: a plain instruction through the model's own chat template.
-CHAT_INSTRUCTION = "Summarize the following conversation in one or two sentences.\n\n{dialogue}"
 
-
-def chat_messages(dialogue: str) -> list[dict]:
-    """The chat-template baseline's conversation: one user turn asking for a summary."""
-    return [{"role": "user", "content": CHAT_INSTRUCTION.format(dialogue=dialogue.strip())}]
+def check_template_fits(params) -> list[str]:
+    """The params problem the template can find without a model: a ``tokenize.max_length`` below the
+    fewest tokens any training row can have (a check for :func:`sumlora.core.params.load_params`)."""
+    cap, need = params.tokenize.max_length, DEFAULT.min_tokens()
+    if cap is None or cap >= need:
+        return []
+    return [f"tokenize.max_length: {cap} cannot hold any training row: the prompt template alone has "
+            f"{need - 1} words (set it to a few hundred or more, or null for the model's context length)"]

@@ -15,7 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from sumlora.errors import DataError, SumloraError
+from sumlora.core import cli
+from sumlora.core.errors import DataError, SumloraError
 
 
 def main(argv: list[str], stdin=None, stdout=None) -> int:
@@ -27,19 +28,11 @@ def main(argv: list[str], stdin=None, stdout=None) -> int:
     ap.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file for model settings")
     ap.add_argument("--max-new-tokens", type=int, default=None, help="default: generate.max_new_tokens")
     args = ap.parse_args(argv)
-    try:
-        print(summarize(args, stdin), file=stdout)
-    except (SumloraError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:
-        from sumlora.cli import DISK_ERRORS
 
-        if e.errno not in DISK_ERRORS:
-            raise
-        print(f"error: {e.filename}: {e.strerror}", file=sys.stderr)
-        return 1
-    return 0
+    def run(_):
+        print(summarize(args, stdin), file=stdout)
+
+    return cli.call(run, argv)
 
 
 def read_dialogue(path: Path) -> str:
@@ -55,12 +48,10 @@ def read_dialogue(path: Path) -> str:
 
 
 def summarize(args, stdin) -> str:
-    from sumlora.cli import offline
-
-    offline()
+    cli.offline()
+    from sumlora.core.params import GenerateParams, ModelParams, load_params
     from sumlora.generation import generate_summaries
     from sumlora.modeling import load_model_and_tokenizer, model_max_positions
-    from sumlora.params import GenerateParams, ModelParams, load_params
     from sumlora.prompt import PromptTemplate
     from sumlora.tokenizing import encode_prompt
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 
-from sumlora.prompt import PromptTemplate, chat_messages
+from sumlora.prompt import PromptTemplate
 
 IGNORE_INDEX = -100
 
@@ -18,14 +18,6 @@ IGNORE_INDEX = -100
 def encode_prompt(tokenizer, template: PromptTemplate, dialogue: str) -> list[int]:
     """Token ids of the prompt: the same call at training time and at generation time."""
     return tokenizer(template.render_prompt(dialogue), add_special_tokens=True)["input_ids"]
-
-
-def encode_chat_prompt(tokenizer, dialogue: str) -> list[int]:
-    """Token ids of the zero-shot baseline prompt, rendered with the tokenizer's chat template."""
-    if not getattr(tokenizer, "chat_template", None):
-        raise ValueError("the tokenizer has no chat template")
-    text = tokenizer.apply_chat_template(chat_messages(dialogue), add_generation_prompt=True, tokenize=False)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def encode_example(tokenizer, template: PromptTemplate, dialogue: str, summary: str,

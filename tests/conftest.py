@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,6 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 SHARED_DATA = Path(os.environ.get("DIALOGSUM_DIR", ROOT.parent / "shared" / "dialogsum"))
 
 EOS = "<|im_end|>"
@@ -109,7 +107,7 @@ def tiny_phi_dir(tmp_path_factory, tiny_tokenizer) -> Path:
 @pytest.fixture()
 def params():
     """The committed params.yaml, validated."""
-    from sumlora.params import load_params
+    from sumlora.core.params import load_params
 
     return load_params(ROOT / "params.yaml")
 

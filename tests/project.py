@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ["dvc.yaml", "params.yaml", ".gitignore", "stages", "sumlora", "scripts", "configs"]
+PROJECT_FILES = ["dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", "stages", "sumlora", "scripts", "configs"]
 
 
 NONET = Path(__file__).resolve().parent / "nonet"
@@ -61,9 +61,8 @@ def tiny_params(model_dir: Path) -> dict:
     p = yaml.safe_load((ROOT / "params.yaml").read_text())
     p["model"]["name"] = str(model_dir)
     p["tokenize"]["max_length"] = 1024
-    p["train"].update(max_steps=2, learning_rate=5.0e-2, eval_steps=1, save_steps=1, warmup_steps=0, logging_steps=1, batch_size=2,
-                      gradient_accumulation_steps=1,
-                      max_eval_samples=2)
+    p["train"].update(max_steps=2, learning_rate=5.0e-2, eval_steps=1, save_steps=1, warmup_steps=0, logging_steps=1,
+                      batch_size=2, gradient_accumulation_steps=1, max_eval_samples=2)
     p["generate"].update(num_dialogues=3, max_new_tokens=8, batch_size=2)
     return p
 
@@ -94,7 +93,7 @@ def make_project(dest: Path, dialogsum_dir: Path, model_dir: Path, counts=None) 
     dvc(dest, "init", "-q")
     dvc(dest, "config", "core.analytics", "false")
     write_rows(dialogsum_dir, dest / "source", counts or {"train": 12, "validation": 6, "test": 4})
-    sh(dest, sys.executable, "scripts/get_data.py", "--source", "source")
+    sh(dest, sys.executable, "-m", "sumlora.get_data", "--source", "source")
     dvc(dest, "add", "-q", "data/raw/dialogsum")
     sh(dest, "git", "add", "-A")
     sh(dest, "git", "commit", "-qm", "project")

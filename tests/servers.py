@@ -58,7 +58,7 @@ class SSHServer:
             "LogLevel VERBOSE", ""]))
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "SSHServer":
+    def start(self) -> SSHServer:
         if os.geteuid() == 0:
             Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # privilege separation directory
         log = open(self.root / "sshd.log", "ab")
@@ -100,7 +100,7 @@ class CuttingRelay:
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
 
-    def start(self, cut_after: int | None = None) -> "CuttingRelay":
+    def start(self, cut_after: int | None = None) -> CuttingRelay:
         self.cut_after, self.sent = cut_after, 0
         self.cut.clear()
         self._listener = socket.create_server(("127.0.0.1", self.port), reuse_port=False)

@@ -2,7 +2,7 @@
 
 import random
 
-from sumlora.training import length_grouped_order
+from sumlora.training.batching import length_grouped_order
 
 
 def padding(order, lengths, batch):

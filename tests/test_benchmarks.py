@@ -20,7 +20,7 @@ def bench(*argv, env=None):
 
 
 def test_training_benchmark_compares_the_tutorial_recipe_with_ours(tmp_path, tiny_llama_dir, dialogsum_dir):
-    out = bench("benchmarks/bench_train.py", "--base", str(tiny_llama_dir), "--data", str(dialogsum_dir),
+    out = bench("-m", "benchmarks.bench_train", "--base", str(tiny_llama_dir), "--data", str(dialogsum_dir),
                 "--steps", "2", "--eval-rows", "3", "--json", str(tmp_path / "t.json"))
     assert "| real tokens / s |" in out and "matmul peak" in out
     r = json.loads((tmp_path / "t.json").read_text())
@@ -39,8 +39,9 @@ def test_training_benchmark_compares_the_tutorial_recipe_with_ours(tmp_path, tin
 
 
 def test_generation_benchmark_gives_identical_summaries_faster_path(tmp_path, tiny_llama_dir, dialogsum_dir):
-    out = bench("benchmarks/bench_generate.py", "--base", str(tiny_llama_dir), "--adapter", "",
-                "--data", str(dialogsum_dir), "--dialogues", "4", "--new-tokens", "30", "--json", str(tmp_path / "g.json"))
+    out = bench("-m", "benchmarks.bench_generate", "--base", str(tiny_llama_dir), "--adapter", "",
+                "--data", str(dialogsum_dir), "--dialogues", "4", "--new-tokens", "30",
+                "--json", str(tmp_path / "g.json"))
     assert "| summaries / s |" in out
     r = json.loads((tmp_path / "g.json").read_text())
     b, o = r["baseline"], r["ours"]

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
+from sumlora.core.errors import DataError
 from sumlora.data import group_references, read_jsonl
-from sumlora.errors import DataError
 
 GOOD = {"id": "a", "dialogue": "#Person1#: Hi.", "summary": "Greeting.", "topic": "t"}
 
@@ -87,14 +87,14 @@ def test_get_data_refuses_a_source_or_output_that_is_a_file(tmp_path, dialogsum_
 
     from conftest import ROOT
 
-    script = [sys.executable, str(ROOT / "scripts/get_data.py")]
+    script = [sys.executable, "-m", "sumlora.get_data"]
     (tmp_path / "train.jsonl").write_text("{}\n")
     out = subprocess.run(script + ["--source", str(tmp_path / "train.jsonl"), "--out", str(tmp_path / "raw")],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 1 and "train.jsonl: not a directory (give 'hub' or a directory holding" in out.stderr
     (tmp_path / "raw").write_text("a file where the data directory should be")
     out = subprocess.run(script + ["--source", str(dialogsum_dir), "--out", str(tmp_path / "raw")],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 1 and "raw: exists and is not a directory" in out.stderr, out.stderr
     assert (tmp_path / "raw").read_text() == "a file where the data directory should be"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw", "train.jsonl"]  # nothing left behind

@@ -10,8 +10,9 @@ import torch
 from conftest import ROOT, read_rows
 from project import check_training_rows_match_generation_prompts
 
+from sumlora.convert import EMBEDDED, materialize_base
 from sumlora.generation import generate_summaries
-from sumlora.modeling import EMBEDDED, load_model_and_tokenizer, materialize_base
+from sumlora.modeling import load_model_and_tokenizer
 from sumlora.prompt import DEFAULT, PromptTemplate
 
 pytestmark = pytest.mark.slow
@@ -78,8 +79,10 @@ def stage_outputs(base_dir, tmp_path_factory, dialogsum_dir):
 
 @pytest.fixture(scope="module")
 def adapter_dir(base_dir, stage_outputs, tmp_path_factory):
-    from sumlora.params import load_params
-    from sumlora.training import train
+    from sumlora.core.params import load_params
+    from sumlora.modeling import ADAPTER_INFO, adapter_info, write_model_dir
+    from sumlora.prompt import PromptTemplate
+    from sumlora.training.run import train
 
     params = load_params(ROOT / "params.yaml")
     params.train.max_steps = 2
@@ -87,8 +90,10 @@ def adapter_dir(base_dir, stage_outputs, tmp_path_factory):
     params.train.warmup_steps = 0
     params.train.batch_size = 2
     out = tmp_path_factory.mktemp("embedded-train")
-    metrics, timing = train(params, stage_outputs / "tokenized", base_dir, out / "adapter", out / "ckpt",
-                            out / "live", DEFAULT)
+    result = train(params, stage_outputs / "tokenized", base_dir, out / "ckpt", out / "live")
+    metrics, timing = result.metrics, result.timing
+    write_model_dir(out / "adapter", result.model, result.tokenizer, PromptTemplate.load(stage_outputs / "tokenized"),
+                    ADAPTER_INFO, adapter_info(base_dir, result.base_sha256))
     assert metrics["steps"] == 2 and metrics["train_tokens"] > 0 and 0 < metrics["eval_loss"] < 10
     assert timing["steps_this_run"] == 2 and timing["resumed_from"] is None
     return out / "adapter"

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from sumlora.evaluation import evaluate, markdown_report, paired_bootstrap
+from sumlora.evaluation.report import markdown_report
+from sumlora.evaluation.scores import evaluate, paired_bootstrap
 
 REFS = [["the cat sat on the mat", "a cat was sitting"], ["dogs bark at night", "the dog barked"],
         ["they buy a car", "a car is bought"], ["she calls her mother", "a phone call home"]]

@@ -12,7 +12,7 @@ from sumlora.tokenizing import encode_prompt
 
 @pytest.fixture(scope="module")
 def fp32_llama(tiny_llama_dir):
-    from sumlora.params import ModelParams
+    from sumlora.core.params import ModelParams
 
     return load_model_and_tokenizer(tiny_llama_dir, ModelParams(load_in_4bit=False))
 

@@ -5,12 +5,13 @@ import json
 import pytest
 import torch
 
+from sumlora.convert import materialize_base
+from sumlora.core.params import load_params
 from sumlora.generation import generate_summaries
+from sumlora.lora import prepare_qlora_model
 from sumlora.merge import MERGE_INFO, main
-from sumlora.modeling import load_model_and_tokenizer, materialize_base, read_base_info, write_adapter_info
-from sumlora.params import load_params
+from sumlora.modeling import load_model_and_tokenizer, read_base_info, write_adapter_info
 from sumlora.prompt import DEFAULT
-from sumlora.training import prepare_qlora_model
 
 DIALOGUES = ["#Person1#: Are you coming tonight?\n#Person2#: Yes, I'll bring a cake.",
              "#Person1#: The train is late again.\n#Person2#: Let's take the bus to the office then.",

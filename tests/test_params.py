@@ -7,8 +7,10 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from sumlora.errors import ParamsError
-from sumlora.params import flatten, load_params, parse_params
+from sumlora.core.errors import ParamsError
+from sumlora.core.params import load_params, parse_params
+from sumlora.params import flatten
+from sumlora.prompt import check_template_fits
 
 CONFIGS = [ROOT / "params.yaml", *sorted((ROOT / "configs").glob("*.yaml"))]
 
@@ -66,7 +68,8 @@ def test_a_max_length_below_the_template_is_rejected_without_the_model():
     data["tokenize"]["max_length"] = 10
     with pytest.raises(ParamsError, match=r"tokenize.max_length: 10 cannot hold any training row: the prompt "
                                           r"template alone has \d+ words"):
-        parse_params(data)
+        parse_params(data, extra_checks=[check_template_fits])
+    parse_params(data)  # the schema alone knows no template: the check is the prompt module's
 
 
 def test_bool_is_not_an_int_and_int_is_a_float():
@@ -138,3 +141,10 @@ def test_params_check_of_a_directory_or_binary_file_is_one_line(tmp_path, what):
                          capture_output=True, text=True)
     expected = "is a directory, not a params file" if what == "directory" else "not a text file (byte 8 is not UTF-8)"
     assert out.returncode == 1 and expected in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_the_code_defaults_are_the_values_in_params_yaml():
+    """One source of defaults: the dataclass defaults (used only without a params file) equal the file."""
+    from sumlora.core.params import Params
+
+    assert flatten(Params()) == flatten(committed())

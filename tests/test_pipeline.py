@@ -2,7 +2,6 @@
 
 import json
 import re
-import subprocess
 import sys
 import time
 
@@ -11,8 +10,8 @@ from project import dvc, make_project, network_attempts, ran_stages, read_json, 
 
 from sumlora.prompt import DEFAULT, PromptTemplate
 
-ALL_STAGES = {"check_params", "format", "base_model", "tokenize", "train", "generate_base", "generate_base_chat", "generate_finetuned",
-              "evaluate"}
+ALL_STAGES = {"check_params", "format", "base_model", "tokenize", "train", "generate_base", "generate_base_chat",
+              "generate_finetuned", "evaluate"}
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +145,8 @@ def test_tokenize_fails_when_max_length_drops_every_row(project):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", [[], ["--chat"], ["--adapter", "models/adapter"]])
+@pytest.mark.parametrize("mode", [["--template", "data/tokenized/prompt_template.json"], ["--chat"],
+                                  ["--adapter", "models/adapter"]])
 def test_a_dialogue_longer_than_the_models_context_is_refused_by_id(project, tmp_path, mode):
     records = [json.loads(x) for x in (project / "data/formatted/test.jsonl").read_text().splitlines()][:2]
     records[1]["id"], records[1]["dialogue"] = "test_long", records[1]["dialogue"] * 40  # > 2048 tokens
@@ -156,7 +156,8 @@ def test_a_dialogue_longer_than_the_models_context_is_refused_by_id(project, tmp
              str(tmp_path / "out.jsonl"), *mode, check=False)
     assert out.returncode == 1 and not (tmp_path / "out.jsonl").exists()
     assert re.search(r"error: 1 test dialogue\(s\) do not fit the model's context of 2048 tokens with "
-                     r"generate.max_new_tokens=8: .*test.jsonl: test_long \(\d+ prompt tokens\)", out.stderr), out.stderr
+                     r"generate.max_new_tokens=8: .*test.jsonl: test_long \(\d+ prompt tokens\)", out.stderr), (
+        out.stderr)
 
 
 @pytest.mark.slow
@@ -164,7 +165,7 @@ def test_a_dialogue_longer_than_the_models_context_is_refused_by_id(project, tmp
 def test_generate_on_a_read_only_or_full_disk_is_one_line(project, small_disk, disk, message):
     out_file = small_disk[disk] / "base.jsonl"
     out = sh(project, sys.executable, "-m", "stages.generate", "data/formatted/test.jsonl", "models/base",
-             str(out_file), check=False)
+             str(out_file), "--template", "data/tokenized/prompt_template.json", check=False)
     assert out.returncode == 1 and f"error: {out_file}: {message}" in out.stderr, out.stderr[-2000:]
     assert "Traceback" not in out.stderr
     # read-only: refused before any summary is generated; full: at the write; nothing half-written either way

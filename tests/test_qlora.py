@@ -3,11 +3,13 @@
 import pytest
 import torch
 
-from sumlora.modeling import DEFAULT_TARGET_MODULES, bnb_config, lora_config
-from sumlora.params import LoraParams
+from sumlora.core.params import LoraParams
+from sumlora.lora import DEFAULT_TARGET_MODULES, lora_config, prepare_qlora_model
+from sumlora.modeling import bnb_config
 from sumlora.prompt import DEFAULT
 from sumlora.tokenizing import encode_example
-from sumlora.training import PadCollator, prepare_qlora_model, summary_loss, trainable_parameters
+from sumlora.training.batching import PadCollator
+from sumlora.training.trainer import summary_loss
 
 ARCHS = {"llama": "tiny_llama_dir", "phi": "tiny_phi_dir"}
 
@@ -33,7 +35,7 @@ def test_qlora_model_has_4bit_base_and_only_lora_trainable(arch, request, params
     assert all(m.weight.quant_state.quant_type == "nf4" for m in four_bit)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
-    n_trainable, n_total = trainable_parameters(model)
+    n_trainable, n_total = model.get_nb_trainable_parameters()
     assert 0 < n_trainable < n_total
 
 
@@ -85,7 +87,7 @@ def test_phi2_gpu_config_builds_on_a_tiny_phi(tiny_phi_dir):
     """The tutorial's configuration (configs/phi2_gpu.yaml) on a tiny random Phi model, on CPU."""
     from conftest import ROOT
 
-    from sumlora.params import load_params
+    from sumlora.core.params import load_params
 
     p = load_params(ROOT / "configs" / "phi2_gpu.yaml")
     p.model.compute_dtype = "float32"  # the GPU's bfloat16 is what the config asks for; CPU here
@@ -100,8 +102,8 @@ def test_phi2_gpu_config_builds_on_a_tiny_phi(tiny_phi_dir):
 
 
 def test_hub_id_without_network_is_a_clear_error(tmp_path):
-    from sumlora.errors import ModelError
-    from sumlora.modeling import materialize_base
+    from sumlora.convert import materialize_base
+    from sumlora.core.errors import ModelError
 
     with pytest.raises(ModelError, match=r"model.name='no-such-org/no-such-model': not a local directory and "
                                          r"not in the local Hugging Face cache \(HF_HUB_OFFLINE is set"):
@@ -109,8 +111,8 @@ def test_hub_id_without_network_is_a_clear_error(tmp_path):
 
 
 def test_a_local_folder_that_is_not_a_model_is_one_clear_error(tmp_path):
-    from sumlora.errors import ModelError
-    from sumlora.modeling import materialize_base
+    from sumlora.convert import materialize_base
+    from sumlora.core.errors import ModelError
 
     (tmp_path / "notes.txt").write_text("not a model")
     with pytest.raises(ModelError, match=r"a local path, but not a model directory \(no config.json in it\)"):
@@ -119,8 +121,9 @@ def test_a_local_folder_that_is_not_a_model_is_one_clear_error(tmp_path):
 
 def test_adapter_refused_on_another_base_model(tmp_path, tiny_llama_dir, tiny_phi_dir, params):
     """An adapter records the base it was trained on; loading it on another base fails clearly."""
-    from sumlora.errors import ModelError
-    from sumlora.modeling import load_model_and_tokenizer, materialize_base, write_adapter_info
+    from sumlora.convert import materialize_base
+    from sumlora.core.errors import ModelError
+    from sumlora.modeling import load_model_and_tokenizer, write_adapter_info
 
     bases = {}
     for arch, src in (("llama", tiny_llama_dir), ("phi", tiny_phi_dir)):
@@ -140,7 +143,7 @@ def test_parameter_count_counts_4bit_weights_once_each(tiny_llama_dir, params):
 
     full = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_llama_dir).parameters())
     model, _ = prepare_qlora_model(tiny_llama_dir, params)
-    trainable, total = trainable_parameters(model)
+    trainable, total = model.get_nb_trainable_parameters()  # what the train stage reports
     assert total == full + trainable  # the base's weights, whether 4-bit or not, plus the LoRA ones
 
 

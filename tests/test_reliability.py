@@ -14,7 +14,7 @@ import pytest
 import torch
 from project import NONET, dvc, env, make_project, read_json, set_params
 
-from sumlora import atomic
+from sumlora.core import atomic
 
 pytestmark = pytest.mark.slow
 
@@ -123,7 +123,8 @@ def test_ctrl_c_says_where_the_next_run_resumes(project):
         out = proc.communicate(timeout=120)[0]
         assert proc.returncode == 130, out[-3000:]
         step = max(complete_checkpoints(project))
-        assert f"interrupted; the next `dvc repro` resumes from models/checkpoints/checkpoint-{step}" in out, out[-3000:]
+        resumes = f"interrupted; the next `dvc repro` resumes from models/checkpoints/checkpoint-{step}"
+        assert resumes in out, out[-3000:]
         assert "Traceback" not in out and "KeyboardInterrupt" not in out
         resumed = start_training(project)  # the same run picks up there
         wait_for_new_checkpoint(project, resumed)
@@ -151,7 +152,8 @@ def test_full_disk_while_saving_a_checkpoint_is_one_line(project, tmp_path):
         shutil.move(saved, ckpt)
     assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
     assert re.search(r"error: models/checkpoints: No space left on device \(\d+ KiB free\) while saving a "
-                     r"checkpoint .*; free space there; the next `dvc repro` (resumes|starts)", out.stderr), out.stderr[-3000:]
+                     r"checkpoint .*; free space there; the next `dvc repro` (resumes|starts)", out.stderr), (
+        out.stderr[-3000:])
     assert "Traceback" not in out.stderr
 
 
@@ -192,7 +194,7 @@ def test_forced_rerun_of_a_finished_run_trains_every_step(project):
 
 
 def test_changed_training_code_starts_fresh(project):
-    code = project / "sumlora/training.py"
+    code = project / "sumlora/training/run.py"
     original = code.read_text()
     kill_after_first_checkpoint(project, start_training(project))
     code.write_text(original + "\n# a change to the training code\n")
@@ -271,7 +273,8 @@ def test_killed_generate_leaves_previous_output_intact(project):
     set_params(project, {"generate.batch_size": 1, "generate.max_new_tokens": 200})
     try:
         proc = subprocess.Popen([sys.executable, "-m", "stages.generate", "data/formatted/test.jsonl",
-                                 "models/base", str(out_file)], cwd=project, env=env(),
+                                 "models/base", str(out_file), "--template", "data/tokenized/prompt_template.json"],
+                                cwd=project, env=env(),
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         for line in proc.stdout:  # the first dialogue is done: kill it midway
             if line.strip().startswith("1/"):
@@ -320,7 +323,7 @@ def test_network_guard_refuses_and_records(tmp_path):
 
 
 def test_pickled_adapter_weights_are_refused(project, params, tmp_path):
-    from sumlora.errors import ModelError
+    from sumlora.core.errors import ModelError
     from sumlora.modeling import load_model_and_tokenizer
 
     adapter = tmp_path / "adapter"

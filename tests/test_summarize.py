@@ -1,17 +1,17 @@
 """The command-line summarizer: base + adapter, the adapter's own template, clear errors."""
 
 import io
-import json
 import re
 
 import pytest
 
+from sumlora.convert import materialize_base
+from sumlora.core.params import ModelParams
 from sumlora.generation import generate_summaries
-from sumlora.modeling import load_model_and_tokenizer, materialize_base, read_base_info, write_adapter_info
-from sumlora.params import ModelParams
+from sumlora.lora import prepare_qlora_model
+from sumlora.modeling import load_model_and_tokenizer, write_adapter_info
 from sumlora.prompt import PromptTemplate
 from sumlora.summarize import main
-from sumlora.training import prepare_qlora_model
 
 DIALOGUE = "#Person1#: Are you coming to the party tonight?\n#Person2#: Yes, I'll bring a cake."
 
@@ -20,7 +20,7 @@ DIALOGUE = "#Person1#: Are you coming to the party tonight?\n#Person2#: Yes, I'l
 def trained(tmp_path_factory, tiny_llama_dir, tiny_phi_dir):
     from conftest import ROOT
 
-    from sumlora.params import load_params
+    from sumlora.core.params import load_params
 
     root = tmp_path_factory.mktemp("summarize")
     for name, src in (("base", tiny_llama_dir), ("other_base", tiny_phi_dir)):

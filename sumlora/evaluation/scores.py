@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sumlora.rouge import ROUGE_TYPES, example_scores, make_scorer, normalise_speaker_tags
+from sumlora.evaluation.rouge import ROUGE_TYPES, example_scores, make_scorer, normalise_speaker_tags
 
 SCORINGS = ("all_refs", "first_ref", "all_refs_tags_normalised")
 SCALE = ("ROUGE F1 x100. all_refs: per dialogue the best-matching reference, then the mean over "
@@ -84,50 +84,3 @@ def evaluate(ids: list[str], references: list[list[str]], systems: dict[str, lis
         rows.append(row)
     rows.sort(key=lambda r: (-r["rougeL_gain"], r["id"]))  # biggest wins first, biggest losses last
     return metrics, rows
-
-
-def _inline(text: str) -> str:
-    """A prediction on one Markdown line: line breaks shown as ' / ', nothing empty."""
-    return " / ".join(line.strip() for line in text.splitlines() if line.strip()) or "(empty)"
-
-
-def markdown_report(metrics: dict, rows: list[dict], dialogues: dict[str, str], n_examples: int) -> str:
-    """The evaluation report: headline tables, lengths, example dialogues, biggest wins and losses."""
-    names = [n for n in ("base", "base_chat", "finetuned") if n in metrics]
-    label = {"base": "base (training prompt)", "base_chat": "base (chat template, zero-shot)",
-             "finetuned": "fine-tuned (QLoRA)"}
-    pct = int(round(metrics["confidence"] * 100))
-    out = ["# Evaluation report", "",
-           f"{metrics['num_dialogues']} test dialogues. {metrics['scale']}.", "",
-           f"Improvement = fine-tuned minus the stronger baseline, **{label[metrics['baseline']]}**, "
-           f"with a paired bootstrap {pct}% interval ({metrics['bootstrap_samples']} resamples of the "
-           "dialogues). The interval covers which test dialogues were drawn, not training randomness "
-           "(another seed trains another adapter): an interval that excludes 0 says the gain of *this* "
-           "adapter is unlikely to be an accident of the dialogues drawn.", ""]
-    titles = {"all_refs": "Against all references", "first_ref": "Against the first reference",
-              "all_refs_tags_normalised": "Against all references, speaker tags normalised"}
-    for scoring, title in titles.items():
-        out += [f"## {title}", "",
-                "| ROUGE | " + " | ".join(label[n] for n in names) + f" | improvement [{pct}% CI] |",
-                "|---|" + "---:|" * (len(names) + 1)]
-        for t in ROUGE_TYPES:
-            imp = metrics["improvement"][scoring][t]
-            out.append(f"| {t} | " + " | ".join(f"{metrics[n][scoring][t]:.2f}" for n in names)
-                       + f" | {imp['diff']:+.2f} [{imp['ci_low']:+.2f}, {imp['ci_high']:+.2f}] |")
-        out.append("")
-    out += ["## Summary length (mean words)", "", "| | words |", "|---|---:|"]
-    out += [f"| {label[n]} | {metrics[n]['words']:.1f} |" for n in names]
-    out += [f"| references (all) | {metrics['references']['words']:.1f} |", ""]
-    by_id = {r["id"]: r for r in rows}
-    sections = [("Examples (the first dialogues of the test file)", list(dialogues)[:n_examples]),
-                ("Biggest wins of fine-tuning (ROUGE-L gain)", [r["id"] for r in rows[:3]]),
-                ("Biggest losses of fine-tuning", [r["id"] for r in rows[::-1][:3]])]
-    for title, ids in sections:
-        out += [f"## {title}", ""]
-        for id_ in ids:
-            r = by_id[id_]
-            out += [f"### {id_} (ROUGE-L gain {r['rougeL_gain']:+.1f})", "", "```", dialogues[id_].strip(), "```", ""]
-            out += [f"- **{label[n]}** (ROUGE-L {r[f'rougeL_{n}']:.1f}): {_inline(r[n])}" for n in names]
-            refs = [v for k, v in r.items() if k.startswith("reference_")]
-            out += [f"- reference {k + 1}: {ref}" for k, ref in enumerate(refs)] + [""]
-    return "\n".join(out)

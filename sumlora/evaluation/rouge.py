@@ -1,6 +1,6 @@
 """ROUGE with ``rouge_score`` (offline, stemmer on), scored against several references.
 
-Per dialogue the best-matching reference (highest F1, per ROUGE type) counts; the
+Per dialogue the best-matching reference (highest F1, per ROUGE type: ``score_multi``) counts; the
 score is the mean over dialogues, x100. ``rougeLsum`` gets one sentence per line.
 Deterministic: no sampling, no bootstrap here.
 """
@@ -53,13 +53,8 @@ def example_scores(prediction: str, references: list[str], scorer=None) -> dict[
     if not references:
         raise ValueError("a dialogue with no reference cannot be scored")
     scorer = scorer or make_scorer()
-    pred = _sentences_per_line(prediction)
-    best = dict.fromkeys(ROUGE_TYPES, 0.0)
-    for ref in references:
-        s = scorer.score(_sentences_per_line(ref), pred)
-        for t in ROUGE_TYPES:
-            best[t] = max(best[t], s[t].fmeasure * 100)
-    return best
+    best = scorer.score_multi([_sentences_per_line(r) for r in references], _sentences_per_line(prediction))
+    return {t: best[t].fmeasure * 100 for t in ROUGE_TYPES}
 
 
 def corpus_scores(predictions: list[str], references: list[list[str]]) -> dict[str, float]:

@@ -1,0 +1,4 @@
+"""What every stage and command uses: errors, atomic writes, the entry wrapper, the params schema.
+
+A dvc.yaml dependency of every stage (as a directory): keep here only what all of them import.
+"""

@@ -1,0 +1,221 @@
+"""The params schema: one dataclass per section of params.yaml, with its range checks.
+
+``load_params()`` validates the whole file and reports every problem at once, each with its
+key path (``lora.r: must be >= 1, got 0``); unknown keys are rejected (a typo such as
+``lora.rank`` would otherwise be ignored). The generic machinery is :mod:`sumlora.core.validate`.
+
+params.yaml is the source of every value: each key must be set there. The dataclass defaults
+are the same values (tests/test_params.py checks they equal the file) and are used only where
+no params file exists (``summarize``/``merge`` run outside the repository).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sumlora.core.errors import ParamsError
+from sumlora.core.validate import build, read_yaml
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+@dataclass
+class ModelParams:
+    name: str = "embedded"
+    trust_remote_code: bool = False
+    load_in_4bit: bool = True
+    quant_type: str = "nf4"
+    double_quant: bool = True
+    compute_dtype: str = "float32"
+    quant_storage: str = "uint8"
+
+    def check(self) -> list[tuple[str, str]]:
+        errs = []
+        if self.quant_storage not in ("uint8",) + DTYPES:
+            errs.append(("quant_storage", f"must be 'uint8' or one of {DTYPES}, got {self.quant_storage!r}"))
+        if not self.name.strip():
+            errs.append(("name", "must not be empty"))
+        if self.quant_type not in ("nf4", "fp4"):
+            errs.append(("quant_type", f"must be 'nf4' or 'fp4', got {self.quant_type!r}"))
+        if self.compute_dtype not in DTYPES:
+            errs.append(("compute_dtype", f"must be one of {DTYPES}, got {self.compute_dtype!r}"))
+        return errs
+
+
+@dataclass
+class FormatParams:
+    max_train_rows: int | None = None
+    max_validation_rows: int | None = None
+
+    def check(self):
+        return [(k, f"must be >= 1 or null, got {v}") for k, v in dataclasses.asdict(self).items()
+                if v is not None and v < 1]
+
+
+@dataclass
+class TokenizeParams:
+    max_length: int | None = 1024
+    train_on_prompt: bool = False
+
+    def check(self):
+        if self.max_length is not None and self.max_length < 8:
+            return [("max_length", f"must be >= 8 or null, got {self.max_length}")]
+        return []
+
+
+@dataclass
+class LoraParams:
+    r: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    target_modules: list[str] | None = None
+
+    def check(self):
+        errs = []
+        if self.r < 1:
+            errs.append(("r", f"must be >= 1, got {self.r}"))
+        if self.alpha <= 0:
+            errs.append(("alpha", f"must be > 0, got {self.alpha}"))
+        if not 0 <= self.dropout < 1:
+            errs.append(("dropout", f"must be in [0, 1), got {self.dropout}"))
+        if self.target_modules is not None and not self.target_modules:
+            errs.append(("target_modules", "must be a non-empty list or null (architecture default)"))
+        return errs
+
+
+OPTIMIZERS = ("paged_adamw_8bit", "adamw_8bit", "paged_adamw_32bit", "adamw_torch")
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+
+
+@dataclass
+class TrainParams:
+    max_steps: int = 100
+    learning_rate: float = 3.0e-4
+    lr_scheduler: str = "linear"
+    warmup_steps: int = 5
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    batch_size: int = 2
+    gradient_accumulation_steps: int = 2
+    gradient_checkpointing: bool = False
+    optim: str = "paged_adamw_8bit"
+    group_by_length: bool = True
+    eval_steps: int = 25
+    save_steps: int = 25
+    max_eval_samples: int | None = 40
+    logging_steps: int = 5
+
+    def check(self):
+        errs = []
+        for k in ("max_steps", "batch_size", "gradient_accumulation_steps", "eval_steps", "save_steps",
+                  "logging_steps"):
+            if getattr(self, k) < 1:
+                errs.append((k, f"must be >= 1, got {getattr(self, k)}"))
+        if self.learning_rate <= 0:
+            errs.append(("learning_rate", f"must be > 0, got {self.learning_rate}"))
+        for k in ("warmup_steps", "weight_decay", "max_grad_norm"):
+            if getattr(self, k) < 0:
+                errs.append((k, f"must be >= 0, got {getattr(self, k)}"))
+        if self.max_eval_samples is not None and self.max_eval_samples < 1:
+            errs.append(("max_eval_samples", f"must be >= 1 or null, got {self.max_eval_samples}"))
+        if self.optim not in OPTIMIZERS:
+            errs.append(("optim", f"must be one of {OPTIMIZERS}, got {self.optim!r}"))
+        if self.lr_scheduler not in SCHEDULERS:
+            errs.append(("lr_scheduler", f"must be one of {SCHEDULERS}, got {self.lr_scheduler!r}"))
+        for k in ("eval_steps", "save_steps", "warmup_steps"):
+            if getattr(self, k) > self.max_steps:
+                errs.append((k, f"must be <= train.max_steps ({self.max_steps}), got {getattr(self, k)}"))
+        return errs
+
+
+@dataclass
+class GenerateParams:
+    num_dialogues: int | None = 50
+    max_new_tokens: int = 80
+    batch_size: int = 16
+
+    def check(self):
+        errs = [(k, f"must be >= 1, got {getattr(self, k)}") for k in ("max_new_tokens", "batch_size")
+                if getattr(self, k) < 1]
+        if self.num_dialogues is not None and self.num_dialogues < 1:
+            errs.append(("num_dialogues", f"must be >= 1 or null (all), got {self.num_dialogues}"))
+        return errs
+
+
+@dataclass
+class EvaluateParams:
+    bootstrap_samples: int = 1000
+    confidence: float = 0.95
+    report_examples: int = 5
+
+    def check(self):
+        errs = []
+        if self.bootstrap_samples < 100:
+            errs.append(("bootstrap_samples", f"must be >= 100, got {self.bootstrap_samples}"))
+        if not 0.5 <= self.confidence < 1:
+            errs.append(("confidence", f"must be in [0.5, 1), got {self.confidence}"))
+        if self.report_examples < 0:
+            errs.append(("report_examples", f"must be >= 0, got {self.report_examples}"))
+        return errs
+
+
+@dataclass
+class Params:
+    seed: int = 42
+    model: ModelParams = field(default_factory=ModelParams)
+    format: FormatParams = field(default_factory=FormatParams)
+    tokenize: TokenizeParams = field(default_factory=TokenizeParams)
+    lora: LoraParams = field(default_factory=LoraParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    generate: GenerateParams = field(default_factory=GenerateParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+
+    def check(self):
+        errs = []
+        if self.seed < 0:
+            errs.append(("seed", f"must be >= 0, got {self.seed}"))
+        return errs
+
+
+def cross_checks(p: Params) -> list[str]:
+    """Problems that involve several sections or the machine."""
+    import torch
+
+    errs = []
+    if p.model.load_in_4bit and p.model.compute_dtype == "float16" and not torch.cuda.is_available():
+        errs.append("model.compute_dtype: float16 4-bit matmuls need a CUDA GPU; none is available "
+                    "(use float32 on CPU)")
+    if p.train.optim.endswith("8bit") and not _has_bitsandbytes():
+        errs.append(f"train.optim: {p.train.optim} needs bitsandbytes, which is not installed")
+    if p.model.load_in_4bit and not _has_bitsandbytes():
+        errs.append("model.load_in_4bit: needs bitsandbytes, which is not installed")
+    return errs
+
+
+def _has_bitsandbytes() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
+Check = Callable[[Params], list[str]]
+
+
+def parse_params(data, source: str = "params.yaml", extra_checks: Iterable[Check] = ()) -> Params:
+    """Validate parsed YAML; ``extra_checks`` (e.g. the prompt template's) add problems to the same report."""
+    errors: list[str] = []
+    params = build(Params, data, "", errors)
+    if not errors:
+        errors.extend(cross_checks(params))
+        for check in extra_checks:
+            errors.extend(check(params))
+    if errors:
+        raise ParamsError(f"{source}: {len(errors)} problem(s):\n" + "\n".join(f"  - {e}" for e in errors))
+    return params
+
+
+def load_params(path: str | Path = "params.yaml", extra_checks: Iterable[Check] = ()) -> Params:
+    """Read and validate a params file; raise ParamsError naming every bad key."""
+    return parse_params(read_yaml(path), str(path), extra_checks)

@@ -1,0 +1,64 @@
+"""LoRA: the target modules per architecture, the LoraConfig, and a base prepared for QLoRA training.
+
+Kept apart from loading (:mod:`sumlora.modeling`) and from the training loop
+(:mod:`sumlora.training`): what is adapted, and how, is read here top to bottom.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sumlora.core.params import LoraParams, Params
+from sumlora.modeling import load_model_and_tokenizer
+
+# LoRA target modules per architecture (config.model_type): the attention projections.
+# Any other architecture gets peft's "all-linear" (every Linear layer but the output head).
+_QKVO = ["q_proj", "k_proj", "v_proj", "o_proj"]
+ALL_LINEAR = "all-linear"
+DEFAULT_TARGET_MODULES = {
+    **{arch: _QKVO for arch in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text",
+                                "olmo2", "granite", "starcoder2")},
+    "phi": ["q_proj", "k_proj", "v_proj", "dense"],
+    "phi3": ["qkv_proj", "o_proj"],
+    "gpt2": ["c_attn", "c_proj"],
+    "gpt_neox": ["query_key_value", "dense"],
+}
+
+
+def target_modules(params: LoraParams, model_type: str) -> list[str] | str:
+    """lora.target_modules when set; else the architecture's attention projections; else all-linear."""
+    if params.target_modules is not None:
+        return list(params.target_modules)
+    if model_type not in DEFAULT_TARGET_MODULES:
+        print(f"lora.target_modules: no default for architecture {model_type!r}: using {ALL_LINEAR!r} "
+              f"(set lora.target_modules in params.yaml to choose)")
+        return ALL_LINEAR
+    return list(DEFAULT_TARGET_MODULES[model_type])
+
+
+def lora_config(params: LoraParams, model_type: str):
+    """The LoraConfig for a causal LM of architecture ``model_type``."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=params.r, lora_alpha=params.alpha, lora_dropout=params.dropout,
+                      target_modules=target_modules(params, model_type), bias="none", task_type="CAUSAL_LM")
+
+
+def prepare_qlora_model(base_dir, params: Params):
+    """Base model (4-bit when configured) prepared for k-bit training, with fresh LoRA layers (seeded).
+    Takes the whole params: it needs the model, lora and seed values and train.gradient_checkpointing."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    model_params, gradient_checkpointing = params.model, params.train.gradient_checkpointing
+    model, tok = load_model_and_tokenizer(base_dir, model_params)
+    model.config.use_cache = False  # the KV cache is useless in training and clashes with checkpointing
+    gc_kwargs = {"use_reentrant": False}  # reentrant checkpointing breaks DDP and LoRA-only grads
+    if model_params.load_in_4bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                gradient_checkpointing_kwargs=gc_kwargs)
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+        model.enable_input_require_grads()
+    torch.manual_seed(params.seed)  # LoRA init
+    model = get_peft_model(model, lora_config(params.lora, model.config.model_type))
+    return model, tok

@@ -1,0 +1,119 @@
+"""``train()``: put the pieces together, train, and return the model and its numbers.
+
+The train stage (stages/train.py) writes every output from what this returns: the adapter,
+the curves directory, the metrics. Only the dvclive curves are written while training runs,
+into the directory the stage names (it moves it into place whole at the end).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sumlora.core.cli import peak_rss_mb
+from sumlora.core.params import Params
+from sumlora.lora import prepare_qlora_model
+from sumlora.modeling import base_identity
+from sumlora.training.batching import PadCollator, grouped_by_length, load_split
+from sumlora.training.checkpoints import resumable_checkpoint, run_fingerprint, step_of
+from sumlora.training.trainer import callbacks, trainer_class, training_arguments
+
+
+@dataclass
+class TrainResult:
+    """What a training run gives the stage (on the main process; the others get ``main=False`` and None)."""
+
+    main: bool
+    model: object = None
+    tokenizer: object = None
+    base_sha256: str | None = None  # identity of the base trained on, recorded beside the adapter
+    fingerprint: str | None = None  # of the run, to mark it finished once the adapter is published
+    metrics: dict | None = None  # identical for identical runs: metrics/train.json
+    timing: dict | None = None  # wall time, throughput, memory: plots/training/timing.json
+    log_history: list | None = None  # the Trainer's log, for the loss plot
+
+
+def train(params: Params, tokenized_dir, base_dir, checkpoints_dir, live_dir) -> TrainResult:
+    """Train a LoRA adapter on ``tokenized_dir``, resuming an interrupted run of the same fingerprint
+    from ``checkpoints_dir``; dvclive curves go to ``live_dir`` (main process only) while it runs."""
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+    from dvclive import Live
+    from transformers import set_seed
+
+    tp = params.train
+    set_seed(params.seed)
+    tokenized_dir = Path(tokenized_dir)
+    train_ds = load_split(tokenized_dir / "train.jsonl")
+    eval_ds = load_split(tokenized_dir / "validation.jsonl").remove_columns("row")
+    if tp.max_eval_samples is not None and len(eval_ds) > tp.max_eval_samples:
+        eval_ds = eval_ds.select(range(tp.max_eval_samples))
+
+    model, tok = prepare_qlora_model(base_dir, params)
+    trainable, total = model.get_nb_trainable_parameters()  # 4-bit weights counted as the weights they pack
+    cuda = torch.cuda.is_available()
+    # One process per device under `accelerate launch` / torchrun (data-parallel); else just one.
+    state = PartialState(cpu=not cuda)
+    train_ds = grouped_by_length(train_ds, tp, params.seed, state.num_processes)
+    main = state.is_main_process
+    base_sha256 = base_identity(base_dir)
+    fingerprint = run_fingerprint(params, tokenized_dir, base_sha256, state.num_processes)
+    with state.main_process_first():  # the main process clears stale checkpoints before the others look
+        resume = resumable_checkpoint(checkpoints_dir, fingerprint, tp.max_steps)
+    if main:
+        print(f"resuming from {resume}" if resume else "training from scratch"
+              + (f" on {state.num_processes} processes ({state.backend})" if state.num_processes > 1 else ""))
+    args = training_arguments(tp, params.seed, params.model.compute_dtype, checkpoints_dir)
+    live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None) if main else None
+    trainer = trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                               data_collator=PadCollator(tok.pad_token_id), callbacks=callbacks(live))
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    runtime = time.perf_counter() - start
+    final_eval = trainer.evaluate()  # every process takes part; only the main one gets results
+    per_process = gather_object([{"rows": trainer.rows_trained, "tokens": trainer.tokens_trained,
+                                  "padding": trainer.padding_trained}])
+    if not main:
+        return TrainResult(main=False)
+    live.end()
+    history = trainer.state.log_history
+    train_losses = [h["loss"] for h in history if "loss" in h]
+    metrics = {
+        "steps": int(trainer.state.global_step),
+        "train_loss_last": round(float(train_losses[-1]), 4) if train_losses else None,
+        "eval_loss": round(float(final_eval["eval_loss"]), 4),
+        "train_tokens": int(trainer.state.num_input_tokens_seen),
+        "train_rows": len(train_ds),
+        "eval_rows": len(eval_ds),
+        "trainable_params": int(trainable),
+        "total_params": int(total),
+    }
+    tokens = sum(p["tokens"] for p in per_process)
+    timing = {"runtime_s": round(runtime, 1), "resumed_from": resume.name if resume else None,
+              "device": "cuda" if cuda else "cpu",
+              "steps_this_run": int(trainer.state.global_step) - (step_of(resume) if resume else 0),
+              "processes": state.num_processes,
+              "rows_per_process": [len(p["rows"]) for p in per_process],
+              "rows_seen_by_several_processes": len(set.intersection(*[set(p["rows"]) for p in per_process]))
+              if len(per_process) > 1 else 0,
+              "padding_fraction": round(sum(p["padding"] for p in per_process)
+                                        / max(1, sum(p["padding"] for p in per_process) + tokens), 4),
+              "real_tokens_per_s": round(tokens / runtime, 1),
+              "peak_rss_mb": peak_rss_mb()}
+    return TrainResult(main=True, model=model, tokenizer=tok, base_sha256=base_sha256, fingerprint=fingerprint,
+                       metrics=metrics, timing=timing, log_history=history)
+
+
+def end_processes() -> None:
+    """Several processes: wait for each other, then close the process group, so that none exits while
+    another still uses it (an exit mid-collective can abort the process). Call it on every process once
+    the main one has written the outputs."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.num_processes > 1:
+        state.wait_for_everyone()
+        torch.distributed.destroy_process_group()

@@ -1,0 +1,122 @@
+"""The trainer: the loss on summary tokens only, the Trainer subclass, its arguments and callbacks."""
+
+from __future__ import annotations
+
+import torch
+
+from sumlora.core.params import TrainParams
+from sumlora.tokenizing import IGNORE_INDEX
+from sumlora.training.checkpoints import KEEP, mark_complete
+
+
+def summary_loss(model, inputs: dict, num_items_in_batch=None):
+    """Next-token cross-entropy on the label tokens only, computing the LM head only where it is needed.
+
+    The usual forward projects every position onto the vocabulary (B x T x V logits, 49k wide
+    for SmolLM2) although only the summary positions carry labels. Here ``logits_to_keep`` (a
+    B x T boolean mask) keeps just the positions whose next token is a label, so the head's
+    compute and its logits memory shrink to the summary tokens. Same value as the model's own
+    loss: summed over label tokens, divided by their count (``num_items_in_batch``, the count over
+    the accumulated batches and processes when the Trainer supplies it).
+    """
+    labels, mask = inputs["labels"], inputs["attention_mask"]
+    targets = labels[:, 1:]
+    keep = torch.nn.functional.pad(targets != IGNORE_INDEX, (0, 1), value=False)  # position t predicts t+1
+    # Right padding (PadCollator's): with causal attention no real token sees a later pad, so the
+    # padding mask changes nothing that is scored; without it attention runs as plain causal SDPA
+    # (the fused kernel) instead of materialising a masked score matrix.
+    right_padded = bool((mask[:, :-1] >= mask[:, 1:]).all()) and bool(mask[:, 0].all())
+    outputs = model(input_ids=inputs["input_ids"], attention_mask=None if right_padded else mask,
+                    logits_to_keep=keep, use_cache=False)
+    logits = outputs.logits.reshape(-1, outputs.logits.shape[-1])  # (label tokens, V), row-major order
+    loss = torch.nn.functional.cross_entropy(logits.float(), targets[targets != IGNORE_INDEX], reduction="sum")
+    count = num_items_in_batch if num_items_in_batch is not None else keep.sum()
+    return loss / count, outputs
+
+
+def trainer_class():
+    from transformers import Trainer
+
+    class SummaryLossTrainer(Trainer):
+        """A Trainer whose loss is :func:`summary_loss`."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.model_accepts_loss_kwargs = True  # our loss divides by num_items_in_batch itself
+            self.rows_trained: list[int] = []  # training rows this process computed a loss on, in order
+            self.tokens_trained = self.padding_trained = 0
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if model.training and "row" in inputs:
+                self.rows_trained += inputs["row"].tolist()
+                real = int(inputs["attention_mask"].sum())
+                self.tokens_trained += real
+                self.padding_trained += inputs["attention_mask"].numel() - real
+            loss, outputs = summary_loss(model, inputs, num_items_in_batch)
+            if (self.args.average_tokens_across_devices and num_items_in_batch is not None
+                    and self.accelerator.num_processes > 1):
+                loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
+            return (loss, outputs) if return_outputs else loss
+
+    return SummaryLossTrainer
+
+
+def callbacks(live):
+    from transformers import TrainerCallback
+
+    names = {"loss": "train/loss", "eval_loss": "eval/loss", "learning_rate": "train/learning_rate",
+             "grad_norm": "train/grad_norm"}
+
+    def log(step: int, logs: dict) -> None:
+        live.step = step
+        for key, name in names.items():
+            if key in logs:
+                live.log_metric(name, float(logs[key]))
+
+    class LiveCallback(TrainerCallback):
+        """Logs loss curves to dvclive with the optimizer step as the x axis."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero and state.log_history:  # resumed: replay the curve so far
+                for h in state.log_history:
+                    log(h["step"], h)
+                live.make_summary()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs:
+                log(state.global_step, logs)
+                live.make_summary()
+
+    class MarkComplete(TrainerCallback):
+        """Marks checkpoint-N complete after the Trainer has written all of it."""
+
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                mark_complete(args.output_dir, state.global_step)
+
+    return [LiveCallback(), MarkComplete()]
+
+
+def training_arguments(tp: TrainParams, seed: int, compute_dtype: str, output_dir, **overrides):
+    """The TrainingArguments of the train stage (``overrides`` replace single fields, for benchmarks)."""
+    from transformers import TrainingArguments
+
+    cuda = torch.cuda.is_available()
+    kwargs = dict(
+        output_dir=str(output_dir), max_steps=tp.max_steps, learning_rate=tp.learning_rate,
+        lr_scheduler_type=tp.lr_scheduler, warmup_steps=tp.warmup_steps, weight_decay=tp.weight_decay,
+        max_grad_norm=tp.max_grad_norm, per_device_train_batch_size=tp.batch_size,
+        per_device_eval_batch_size=tp.batch_size, gradient_accumulation_steps=tp.gradient_accumulation_steps,
+        # group_by_length: the dataset comes in length_grouped_order already, so read it in sequence
+        optim=tp.optim, train_sampling_strategy="sequential" if tp.group_by_length else "random",
+        eval_strategy="steps", eval_steps=tp.eval_steps, save_strategy="steps", save_steps=tp.save_steps,
+        save_total_limit=KEEP,
+        logging_steps=tp.logging_steps, seed=seed, data_seed=seed, report_to="none",
+        activation_checkpointing=tp.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if tp.gradient_checkpointing else None,
+        remove_unused_columns=False, label_names=["labels"], include_num_input_tokens_seen="non_padding",
+        use_cpu=not cuda, bf16=cuda and compute_dtype == "bfloat16",
+        fp16=cuda and compute_dtype == "float16", dataloader_num_workers=0,
+        disable_tqdm=True)
+    kwargs.update(overrides)
+    return TrainingArguments(**kwargs)
