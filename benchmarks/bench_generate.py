@@ -1,26 +1,35 @@
-"""Generation throughput: the tutorial's loop vs this pipeline, same model, dialogues and machine.
+"""Generation throughput against the tutorial's own call, same adapter, prompts, dialogues and machine.
 
-    python -m benchmarks.bench_generate --base models/base --adapter models/adapter --data ../shared/dialogsum
+    python -m benchmarks.bench_generate --base models/base --adapter models/adapter --data ../shared/dialogsum \
+        --dialogues 32 --repeats 3 --json benchmarks/results/generate-cpu.json
 
-- baseline (the tutorial): one dialogue at a time, always 100 new tokens (--new-tokens), then the text is cut
-  at the end marker;
-- ours (the generate stage, sumlora.generation): length-sorted, left-padded batches of
-  ``generate.batch_size``, each sequence stopping at the end marker or EOS, KV cache.
+Arms (each run in a fresh process; the arms interleaved, A B C D A B C D ..., ``--repeats`` times):
+- ``tutorial``: what a user of the tutorial calls: one dialogue at a time through
+  ``model.generate(**inputs, max_new_tokens=100)`` on the 4-bit base with the peft adapter, with
+  generate's default stopping (the model's end-of-sequence tokens). Greedy, where the tutorial
+  samples at temperature 0.1, so that the summaries can be compared.
+- ``batched``: the generate stage with 4-bit weights (``generate.dequantize: false``): batching alone.
+- ``dequantized``: one dialogue at a time with the weights de-quantized once and the adapter
+  merged in (``generate.dequantize: true``, batch 1): de-quantizing alone.
+- ``ours``: the generate stage as configured on CPU (batches of ``generate.batch_size``,
+  ``generate.dequantize: auto`` = de-quantized).
 
-Both decode greedily with at most 100 new tokens; the summaries (text before the end marker,
-or before EOS) must be identical. Each arm runs in a fresh process.
+Every arm's summaries are cut at the template's end marker and compared with the tutorial arm's.
+The JSON holds every run (seconds, peak memory, tokens generated, a hash of the summaries), not
+the summaries themselves (they quote DialogSum). ``python -m benchmarks.report`` makes the tables.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import ROOT, arm_parser, device, load_rows, machine, peak_memory_mb, run_arm, table
+from benchmarks.common import ROOT, arm_parser, device, load_rows, machine, peak_memory_mb, run_interleaved
 
-ARMS = ("baseline", "ours")
+ARMS = ("tutorial", "batched", "dequantized", "ours")
 
 
 def arm(args) -> dict:
@@ -28,49 +37,54 @@ def arm(args) -> dict:
 
     from sumlora.core.params import load_params
     from sumlora.generation import generate_summaries
-    from sumlora.modeling import load_model_and_tokenizer
+    from sumlora.modeling import load_model_and_tokenizer, resolve_dequantize
     from sumlora.prompt import DEFAULT, PromptTemplate
     from sumlora.tokenizing import encode_prompt
 
     params = load_params(args.params)
     params.model.compute_dtype = "bfloat16" if device() == "cuda" else "float32"
-    model, tok = load_model_and_tokenizer(args.base, params.model, args.adapter)
-    model.to(device())
+    setting = {"tutorial": False, "batched": False, "dequantized": True, "ours": params.generate.dequantize}[args.arm]
+    dequantize_to = resolve_dequantize(setting, params.model)
+    model, tok = load_model_and_tokenizer(args.base, params.model, args.adapter, dequantize_to)
     template = PromptTemplate.load(args.adapter) if args.adapter else DEFAULT
     dialogues = [r["dialogue"] for r in load_rows(args.data, "test", args.dialogues)]
     sync = torch.cuda.synchronize if device() == "cuda" else (lambda: None)
-    generated_tokens = 0
+    new_tokens = 0
     sync()
     start = time.perf_counter()
-    if args.arm == "baseline":
+    if args.arm == "tutorial":
         summaries = []
         with torch.inference_mode():
-            for d in dialogues:  # one at a time, greedy with the KV cache, never stopping early
-                ids = torch.tensor([encode_prompt(tok, template, d)], device=device())
-                past, new = None, []
-                for _ in range(args.new_tokens):
-                    out = model(input_ids=ids, past_key_values=past, use_cache=True)
-                    past, ids = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
-                    new.append(int(ids))
-                generated_tokens += len(new)
-                if tok.eos_token_id in new:  # the text ends at EOS, as in the pipeline
-                    new = new[:new.index(tok.eos_token_id)]
+            for d in dialogues:
+                inputs = tok(template.render_prompt(d), return_tensors="pt").to(device())
+                assert inputs["input_ids"][0].tolist() == encode_prompt(tok, template, d)  # the same prompt
+                out = model.generate(**inputs, max_new_tokens=args.new_tokens, do_sample=False,
+                                     pad_token_id=tok.pad_token_id)
+                new = out[0, inputs["input_ids"].shape[1]:]
+                new_tokens += len(new)
                 summaries.append(template.extract_summary(tok.decode(new, skip_special_tokens=True)))
     else:
-        summaries = generate_summaries(model, tok, template, dialogues, batch_size=params.generate.batch_size,
+        batch = 1 if args.arm == "dequantized" else params.generate.batch_size
+        summaries = generate_summaries(model, tok, template, dialogues, batch_size=batch,
                                        max_new_tokens=args.new_tokens)
     sync()
     seconds = time.perf_counter() - start
     return {"arm": args.arm, "seconds": seconds, "dialogues": len(dialogues), "summaries": summaries,
-            "generated_tokens": generated_tokens, "new_tokens": args.new_tokens,
-            "batch_size": 1 if args.arm == "baseline" else params.generate.batch_size, **peak_memory_mb()}
+            "weights": f"de-quantized to {dequantize_to}" if dequantize_to else "4-bit",
+            "batch_size": 1 if args.arm in ("tutorial", "dequantized") else params.generate.batch_size,
+            "tutorial_new_tokens": new_tokens or None, **peak_memory_mb()}
+
+
+def digest(summaries: list[str]) -> str:
+    return hashlib.sha256(json.dumps(summaries).encode()).hexdigest()[:16]
 
 
 def main(argv: list[str]) -> None:
     ap = arm_parser(__doc__, ARMS)
     ap.add_argument("--adapter", type=Path, default=ROOT / "models/adapter", help="'' for the base model alone")
     ap.add_argument("--dialogues", type=int, default=32, help="test dialogues to summarize")
-    ap.add_argument("--new-tokens", type=int, default=100, help="the tutorial's fixed generation length")
+    ap.add_argument("--new-tokens", type=int, default=100, help="max_new_tokens (the tutorial's 100)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each arm, interleaved")
     args = ap.parse_args(argv)
     args.adapter = args.adapter if args.adapter and str(args.adapter) not in ("", ".") else None
     if args.arm:
@@ -79,26 +93,21 @@ def main(argv: list[str]) -> None:
 
     common = ["--base", str(args.base), "--adapter", str(args.adapter or ""), "--data", str(args.data),
               "--params", str(args.params), "--dialogues", str(args.dialogues), "--new-tokens", str(args.new_tokens)]
-    b, o = (run_arm(__spec__.name, ["--arm", a, *common]) for a in ARMS)
-    same = sum(x == y for x, y in zip(b["summaries"], o["summaries"]))
-    mem = "peak_gpu_mb" if "peak_gpu_mb" in b else "peak_rss_mb"
-    rate = {r["arm"]: r["dialogues"] / r["seconds"] for r in (b, o)}
-    rows = [
-        ("dialogues per call", b["batch_size"], o["batch_size"], ""),
-        ("wall time (s)", f"{b['seconds']:.1f}", f"{o['seconds']:.1f}", ""),
-        ("summaries / s", f"{rate['baseline']:.3f}", f"{rate['ours']:.3f}",
-         f"**{rate['ours'] / rate['baseline']:.2f}x**"),
-        ("identical summaries", "", f"{same} of {len(b['summaries'])}", ""),
-        (mem.replace("_", " "), b[mem], o[mem], f"{o[mem] / b[mem]:.2f}"),
-    ]
-    print(f"\nmachine: {machine()}; {b['dialogues']} test dialogues, greedy, at most {args.new_tokens} new tokens; "
-          f"adapter: {args.adapter}")
-    print(table(rows, ("generation", "baseline (tutorial)", "ours", "ours / baseline")))
-    for i, (x, y) in enumerate(zip(b["summaries"], o["summaries"])):
-        if x != y:
-            print(f"differs, dialogue {i}:\n  baseline: {x!r}\n  ours:     {y!r}")
+    runs = run_interleaved(__spec__.name, ARMS, common, args.repeats)
+    reference = next(r["summaries"] for r in runs if r["arm"] == "tutorial")
+    for r in runs:  # keep the comparison, not the text (it quotes DialogSum)
+        summaries = r.pop("summaries")
+        r["summaries_sha256"] = digest(summaries)
+        r["identical_to_tutorial"] = sum(x == y for x, y in zip(summaries, reference))
+    result = {"benchmark": "generate", "machine": machine(), "date": time.strftime("%Y-%m-%d"),
+              "adapter": str(args.adapter), "dialogues": args.dialogues, "max_new_tokens": args.new_tokens,
+              "repeats": args.repeats, "arms": list(ARMS), "runs": runs}
+    from benchmarks.report import generate_table
+
+    print(generate_table(result))
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine(), "baseline": b, "ours": o}, indent=2))
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -100,6 +100,21 @@ def run_arm(module: str, argv: list[str]) -> dict:
         return json.loads(out.read_text())
 
 
+def run_interleaved(module: str, arms: tuple[str, ...], argv: list[str], repeats: int) -> list[dict]:
+    """Every arm ``repeats`` times, interleaved (A B C A B C ...), each in a fresh process; before each run
+    the fp32/bf16 matmul peak is measured (1 s), so that a run can be read against the machine's speed
+    at that moment. Returns the runs in the order they ran, each with its ``repeat`` and ``matmul_gflops``."""
+    runs = []
+    for rep in range(repeats):
+        for a in arms:
+            peak = matmul_peak_gflops(seconds=1.0)
+            r = run_arm(module, ["--arm", a, *argv])
+            runs.append({**r, "repeat": rep, "matmul_gflops": round(peak, 1)})
+            print(f"repeat {rep + 1}/{repeats} {a}: {r['seconds']:.1f} s (matmul peak {peak:.0f} GFLOP/s)",
+                  flush=True)
+    return runs
+
+
 def any_tokenizer(tokenizer_dir: Path | None):
     """The tokenizer in ``tokenizer_dir``, else the embedded model's (from its GGUF file, offline)."""
     from transformers import AutoTokenizer

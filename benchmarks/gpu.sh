@@ -20,5 +20,5 @@ mkdir -p "$OUT"
 "$PY" -m benchmarks.common random-model "$SIZE" "$OUT/model" ${TOKENIZER:+"$TOKENIZER"}
 "$PY" -m benchmarks.bench_train --base "$OUT/model" --data "$DATA" --steps "${STEPS:-10}" --eval-rows 8 \
   --json "$OUT/train.json" | tee "$OUT/train.md"
-"$PY" -m benchmarks.bench_generate --base "$OUT/model" --adapter '' --data "$DATA" --dialogues "${DIALOGUES:-32}" --new-tokens "${NEW_TOKENS:-100}" \
+"$PY" -m benchmarks.bench_generate --base "$OUT/model" --adapter '' --data "$DATA" --dialogues "${DIALOGUES:-32}" --new-tokens "${NEW_TOKENS:-100}" --repeats "${REPEATS:-3}" \
   --json "$OUT/generate.json" | tee "$OUT/generate.md"

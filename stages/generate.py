@@ -41,13 +41,16 @@ def main(argv: list[str]) -> None:
     from accelerate.utils import gather_object
 
     from sumlora.generation import generate_chat_summaries, generate_summaries
-    from sumlora.modeling import load_model_and_tokenizer, model_max_positions
+    from sumlora.modeling import load_model_and_tokenizer, model_max_positions, resolve_dequantize
 
     gp = params.generate
     atomic.check_writable(args.out_file)  # before the model loads and the summaries are generated
     state = PartialState(cpu=not torch.cuda.is_available())  # one process unless launched with several
     records = load_records(args.test_file)[:gp.num_dialogues]
-    model, tok = load_model_and_tokenizer(args.base_dir, params.model, args.adapter)
+    dequantize_to = resolve_dequantize(gp.dequantize, params.model)
+    model, tok = load_model_and_tokenizer(args.base_dir, params.model, args.adapter, dequantize_to)
+    print(f"weights: de-quantized once to {dequantize_to}" + (", adapter merged in" if args.adapter else "")
+          if dequantize_to else "weights: as loaded" + (" (4-bit)" if params.model.load_in_4bit else ""))
     progress = lambda done, n: print(f"  {done}/{n}", flush=True)  # noqa: E731
     start = time.perf_counter()
     fit = {"context": model_max_positions(model.config)}  # longer dialogues are refused, by id

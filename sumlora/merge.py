@@ -46,25 +46,14 @@ def check_output_dir(out_dir: Path, inputs: list[Path], force: bool) -> None:
 
 def merge(base_dir, adapter_dir, out_dir, model_params, dtype: str = "float32") -> dict:
     """Merge ``adapter_dir`` into the de-quantized base in ``base_dir``; write ``out_dir`` whole."""
-    import torch
 
-    from sumlora.modeling import (
-        attach_adapter,
-        check_adapter,
-        load_model_and_tokenizer,
-        read_base_info,
-        write_model_dir,
-    )
+    from sumlora.modeling import load_model_and_tokenizer, read_base_info, write_model_dir
     from sumlora.prompt import PromptTemplate
 
-    check_adapter(adapter_dir, base_dir)  # before the base loads
+    # quantized as in training, then de-quantized to dtype and the adapter merged in (checked before loading)
+    merged, tok = load_model_and_tokenizer(base_dir, model_params, adapter_dir, dequantize_to=dtype)
     template = PromptTemplate.load(adapter_dir)
-    model, tok = load_model_and_tokenizer(base_dir, model_params)  # quantized as in training
-    quantized = getattr(model, "hf_quantizer", None) is not None
-    if quantized:
-        model = model.dequantize(dtype=getattr(torch, dtype))
-    model = model.to(getattr(torch, dtype))
-    merged = attach_adapter(model, adapter_dir, base_dir).merge_and_unload()
+    quantized = model_params.load_in_4bit
     merged.config.use_cache = True
     info = {"base_model": read_base_info(base_dir), "adapter": str(adapter_dir), "dtype": dtype,
             "base_dequantized_from": model_params.quant_type if quantized else None}

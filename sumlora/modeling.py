@@ -6,6 +6,8 @@
   (``adapter_info.json``) and part of the training run's fingerprint.
 - ``write_model_dir`` writes a model or adapter directory whole (train stage, merge).
 The conversion of ``model.name`` into ``models/base`` is :mod:`sumlora.convert`; LoRA is :mod:`sumlora.lora`.
+About 200 lines: loading and the checks that make a load safe (adapter files, base identity) are one
+concern, and splitting them would make the loader import its checks back from another module.
 """
 
 from __future__ import annotations
@@ -118,10 +120,14 @@ def load_tokenizer(base_dir: str | Path):
     return tok
 
 
-def load_model_and_tokenizer(base_dir: str | Path, params: ModelParams, adapter_dir: str | Path | None = None):
+def load_model_and_tokenizer(base_dir: str | Path, params: ModelParams, adapter_dir: str | Path | None = None,
+                             dequantize_to: str | None = None):
     """Load the base model (4-bit when configured) and its tokenizer; attach an adapter if given.
 
-    The adapter's files and its match with the base are checked before the base is loaded."""
+    ``dequantize_to`` (a dtype name; for inference only): de-quantize the 4-bit weights once to that dtype,
+    the exact weights the 4-bit matmuls compute with, and merge the adapter into them, instead of
+    de-quantizing every weight at every forward pass. The adapter's files and its match with the base are
+    checked before the base is loaded."""
     from transformers import AutoModelForCausalLM
 
     base_dir = Path(base_dir)
@@ -135,10 +141,30 @@ def load_model_and_tokenizer(base_dir: str | Path, params: ModelParams, adapter_
     model = AutoModelForCausalLM.from_pretrained(
         base_dir, quantization_config=bnb_config(params), dtype=compute_dtype(params), device_map=device_map,
         use_safetensors=True, trust_remote_code=params.trust_remote_code)
+    if dequantize_to is not None:
+        model = dequantized(model, getattr(torch, dequantize_to))
     if adapter_dir is not None:
         model = attach_adapter(model, adapter_dir, base_dir)
+        if dequantize_to is not None:
+            model = model.merge_and_unload()  # W + (alpha/r) BA in dtype: plain Linear layers, no peft wrapper
     model.eval()
     return model, tok
+
+
+def dequantized(model, dtype: torch.dtype):
+    """``model`` with its 4-bit weights de-quantized once to ``dtype`` (plain Linear layers); a model that is
+    not quantized is only cast."""
+    if getattr(model, "hf_quantizer", None) is not None:
+        model = model.dequantize(dtype=dtype)
+    return model.to(dtype)
+
+
+def resolve_dequantize(setting: bool | str, params: ModelParams) -> str | None:
+    """The dtype generation de-quantizes to, or None to keep 4-bit weights. ``auto``: de-quantize on CPU
+    (each step would de-quantize every weight again; the compute-dtype copy is small beside CPU memory),
+    keep 4 bit on a GPU (where its memory is what 4 bit saves). Nothing to do for a model not in 4 bit."""
+    on = (not torch.cuda.is_available()) if setting == "auto" else bool(setting)
+    return params.compute_dtype if on and params.load_in_4bit else None
 
 
 def check_adapter(adapter_dir: str | Path, base_dir: str | Path) -> None:

@@ -51,7 +51,7 @@ def summarize(args, stdin) -> str:
     cli.offline()
     from sumlora.core.params import GenerateParams, ModelParams, load_params
     from sumlora.generation import generate_summaries
-    from sumlora.modeling import load_model_and_tokenizer, model_max_positions
+    from sumlora.modeling import load_model_and_tokenizer, model_max_positions, resolve_dequantize
     from sumlora.prompt import PromptTemplate
     from sumlora.tokenizing import encode_prompt
 
@@ -63,11 +63,12 @@ def summarize(args, stdin) -> str:
         raise DataError(f"{where}: empty input, nothing to summarize")
     if args.params.is_file():
         params = load_params(args.params)
-        model_params, max_new = params.model, params.generate.max_new_tokens
+        model_params, gp = params.model, params.generate
     else:
-        model_params, max_new = ModelParams(), GenerateParams().max_new_tokens
-    max_new = args.max_new_tokens if args.max_new_tokens is not None else max_new
-    model, tok = load_model_and_tokenizer(args.base, model_params, args.adapter)  # checks adapter and base
+        model_params, gp = ModelParams(), GenerateParams()
+    max_new = args.max_new_tokens if args.max_new_tokens is not None else gp.max_new_tokens
+    model, tok = load_model_and_tokenizer(args.base, model_params, args.adapter,  # checks adapter and base first
+                                          resolve_dequantize(gp.dequantize, model_params))
     template = PromptTemplate.load(args.adapter)  # the template the adapter was trained with
     n_prompt = len(encode_prompt(tok, template, text))
     context = model_max_positions(model.config)

@@ -38,28 +38,32 @@ def test_training_benchmark_compares_the_tutorial_recipe_with_ours(tmp_path, tin
         assert a["matmul_params"] == layers * (2 * hidden * hidden + 2 * hidden * kv + 3 * hidden * inner)
 
 
-def test_generation_benchmark_gives_identical_summaries_faster_path(tmp_path, tiny_llama_dir, dialogsum_dir):
+def test_generation_benchmark_interleaves_the_arms_and_compares_summaries(tmp_path, tiny_llama_dir, dialogsum_dir):
     out = bench("-m", "benchmarks.bench_generate", "--base", str(tiny_llama_dir), "--adapter", "",
-                "--data", str(dialogsum_dir), "--dialogues", "4", "--new-tokens", "30",
+                "--data", str(dialogsum_dir), "--dialogues", "4", "--new-tokens", "30", "--repeats", "2",
                 "--json", str(tmp_path / "g.json"))
-    assert "| summaries / s |" in out
     r = json.loads((tmp_path / "g.json").read_text())
-    b, o = r["baseline"], r["ours"]
-    assert b["generated_tokens"] == 30 * 4  # the tutorial's loop always generates the full length
-    assert len(b["summaries"]) == len(o["summaries"]) == 4
-    assert b["summaries"] == o["summaries"], out  # batching and early stopping change nothing
-    assert "| identical summaries |  | 4 of 4 |" in out
+    assert [x["arm"] for x in r["runs"]] == ["tutorial", "batched", "dequantized", "ours"] * 2  # interleaved
+    assert all(x["seconds"] > 0 and x["peak_rss_mb"] > 0 and x["matmul_gflops"] > 0 for x in r["runs"])
+    assert {x["weights"] for x in r["runs"] if x["arm"] in ("tutorial", "batched")} == {"4-bit"}
+    assert {x["weights"] for x in r["runs"] if x["arm"] in ("dequantized", "ours")} == {"de-quantized to float32"}
+    assert all(x["identical_to_tutorial"] == 4 for x in r["runs"]), out  # batching, de-quantizing change nothing
+    assert "summaries" not in r["runs"][0]  # the JSON does not quote the data
+    from benchmarks.report import generate_table
+
+    assert generate_table(r) in out and "| **1.00x** (1.00-1.00) |" in generate_table(r)
 
 
 def test_gpu_script_runs_on_cpu_with_a_tiny_phi(tmp_path, tiny_phi_dir, dialogsum_dir):
     out = bench("-c", "import subprocess, sys; sys.exit(subprocess.call(['bash', 'benchmarks/gpu.sh', sys.argv[1]]))",
                 str(tmp_path / "gpu"),
                 env={"SIZE": "tiny-phi", "TOKENIZER": str(tiny_phi_dir), "DATA": str(dialogsum_dir),
-                     "STEPS": "1", "DIALOGUES": "2", "NEW_TOKENS": "20", "PYTHON": sys.executable})
+                     "STEPS": "1", "DIALOGUES": "2", "NEW_TOKENS": "20", "REPEATS": "1",
+                     "PYTHON": sys.executable})
     assert "device: cpu" in out
     info = json.loads((tmp_path / "gpu" / "model" / "base_info.json").read_text())
     assert info["model_type"] == "phi" and info["source"] == "random-tiny-phi"
     train = json.loads((tmp_path / "gpu" / "train.json").read_text())
     gen = json.loads((tmp_path / "gpu" / "generate.json").read_text())
     assert train["baseline"]["rows"] == train["ours"]["rows"] == 4
-    assert gen["baseline"]["summaries"] == gen["ours"]["summaries"]
+    assert {x["identical_to_tutorial"] for x in gen["runs"]} == {2}

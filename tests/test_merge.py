@@ -122,3 +122,28 @@ def test_merge_onto_a_read_only_or_full_disk_is_one_line_and_leaves_nothing(adap
     last = capsys.readouterr().err.splitlines()[-1]  # after the weights' loading bar, if the model loaded
     assert code == 1 and last.startswith(f"error: {out}") and message in last, last
     assert list(small_disk[disk].iterdir()) == []
+
+
+def test_generation_with_weights_dequantized_once_matches_the_4bit_path(adapter):
+    """generate.dequantize: the base de-quantized once with the adapter merged in gives the summaries of the
+    4-bit base + peft adapter (the path training computes with), without 4-bit or LoRA layers left."""
+    root, model_params = adapter
+    fast, tok = load_model_and_tokenizer(root / "base", model_params, root / "adapter", dequantize_to="float32")
+    assert not any(type(p).__name__ == "Params4bit" for p in fast.parameters())
+    assert not any("lora" in n for n, _ in fast.named_parameters())
+    slow = load_model_and_tokenizer(root / "base", model_params, root / "adapter")
+    assert any(type(p).__name__ == "Params4bit" for p in slow[0].parameters())
+    assert summaries(fast, tok) == summaries(*slow)
+
+
+def test_dequantize_auto_is_on_for_cpu_and_off_on_a_gpu(monkeypatch):
+    from sumlora.core.params import ModelParams
+    from sumlora.modeling import resolve_dequantize
+
+    four_bit, plain = ModelParams(compute_dtype="float32"), ModelParams(load_in_4bit=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_dequantize("auto", four_bit) == "float32"
+    assert resolve_dequantize(False, four_bit) is None and resolve_dequantize("auto", plain) is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_dequantize("auto", four_bit) is None  # keep the 4-bit memory saving on a GPU
+    assert resolve_dequantize(True, four_bit) == "float32"

@@ -7,6 +7,9 @@ key path (``lora.r: must be >= 1, got 0``); unknown keys are rejected (a typo su
 params.yaml is the source of every value: each key must be set there. The dataclass defaults
 are the same values (tests/test_params.py checks they equal the file) and are used only where
 no params file exists (``summarize``/``merge`` run outside the repository).
+
+Over 200 lines on purpose: one dataclass per params.yaml section, each beside its checks, so the
+whole schema reads top to bottom in the order of the file it validates.
 """
 
 from __future__ import annotations
@@ -135,10 +138,13 @@ class GenerateParams:
     num_dialogues: int | None = 50
     max_new_tokens: int = 80
     batch_size: int = 16
+    dequantize: bool | str = "auto"
 
     def check(self):
         errs = [(k, f"must be >= 1, got {getattr(self, k)}") for k in ("max_new_tokens", "batch_size")
                 if getattr(self, k) < 1]
+        if isinstance(self.dequantize, str) and self.dequantize != "auto":
+            errs.append(("dequantize", f"must be auto, true or false, got {self.dequantize!r}"))
         if self.num_dialogues is not None and self.num_dialogues < 1:
             errs.append(("num_dialogues", f"must be >= 1 or null (all), got {self.num_dialogues}"))
         return errs

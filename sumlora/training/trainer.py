@@ -62,6 +62,9 @@ def trainer_class():
 
 
 def callbacks(live):
+    """The run's callbacks: dvclive loss curves (main process; ``live`` is None elsewhere) and checkpoint
+    completion markers. Not dvclive's own DVCLiveCallback: the curves go to a fresh directory that replaces
+    the old one whole at the end, so a resumed run must replay its log history so far into it (below)."""
     from transformers import TrainerCallback
 
     names = {"loss": "train/loss", "eval_loss": "eval/loss", "learning_rate": "train/learning_rate",

@@ -1,0 +1,79 @@
+"""Tables from the raw benchmark results (benchmarks/results/*.json), for BENCHMARKS.md.
+
+    python -m benchmarks.report                  # print the tables of every results file
+    python -m benchmarks.report --write BENCHMARKS.md
+
+``--write`` replaces what lies between ``<!-- table: NAME -->`` and ``<!-- end -->`` in the file
+with the table of ``benchmarks/results/NAME.json``, so no figure in BENCHMARKS.md is typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+LABELS = {"tutorial": "tutorial: `generate` per dialogue, 4-bit", "batched": "batched (stage), 4-bit",
+          "dequantized": "per dialogue, de-quantized once", "ours": "batched + de-quantized (stage default on CPU)"}
+
+
+def _by_arm(result: dict) -> dict[str, list[dict]]:
+    return {a: [r for r in result["runs"] if r["arm"] == a] for a in result["arms"]}
+
+
+def _spread(values: list[float], fmt: str) -> str:
+    """Median and range: ``12.3 (11.9-13.0)``."""
+    return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
+
+
+def generate_table(result: dict) -> str:
+    """Summaries/s of each arm (median and range over the repeats), its ratio to the tutorial's call (median of
+    the per-repeat ratios: each repeat's arms ran back to back), peak memory, and identical summaries."""
+    arms = _by_arm(result)
+    base = {r["repeat"]: r["dialogues"] / r["seconds"] for r in arms["tutorial"]}
+    lines = ["| arm | weights | batch | summaries / s | vs tutorial | peak RSS MiB | same summaries as tutorial |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for a, runs in arms.items():
+        rates = [r["dialogues"] / r["seconds"] for r in runs]
+        ratios = [r["dialogues"] / r["seconds"] / base[r["repeat"]] for r in runs]
+        mem = "peak_gpu_mb" if "peak_gpu_mb" in runs[0] else "peak_rss_mb"
+        same = {r["identical_to_tutorial"] for r in runs}
+        lines.append(f"| {LABELS.get(a, a)} | {runs[0]['weights']} | {runs[0]['batch_size']} "
+                     f"| {_spread(rates, '.2f')} "
+                     f"| **{statistics.median(ratios):.2f}x** ({min(ratios):.2f}-{max(ratios):.2f}) "
+                     f"| {max(r[mem] for r in runs)} "
+                     f"| {'/'.join(str(s) for s in sorted(same))} of {runs[0]['dialogues']} |")
+    peaks = [r["matmul_gflops"] for r in result["runs"]]
+    lines += ["", f"{result['machine']}; {result['dialogues']} test dialogues, greedy, at most "
+              f"{result['max_new_tokens']} new tokens, {result['repeats']} interleaved repeats, {result['date']}; "
+              f"matmul peak before each run {min(peaks):.0f}-{max(peaks):.0f} GFLOP/s."]
+    return "\n".join(lines)
+
+
+TABLES = {"generate": generate_table}
+
+
+def table_for(name: str) -> str:
+    result = json.loads((RESULTS / f"{name}.json").read_text())
+    return TABLES[result["benchmark"]](result)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--write", type=Path, help="fill the marked tables of this Markdown file")
+    args = ap.parse_args()
+    if not args.write:
+        for f in sorted(RESULTS.glob("*.json")):
+            print(f"## {f.stem}\n\n{table_for(f.stem)}\n")
+        return
+    text = args.write.read_text()
+    text = re.sub(r"(<!-- table: ([\w-]+) -->\n).*?(<!-- end -->)",
+                  lambda m: m.group(1) + table_for(m.group(2)) + "\n" + m.group(3), text, flags=re.S)
+    args.write.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
