@@ -8,11 +8,11 @@ Arms (each run in a fresh process; the arms interleaved, A B C D A B C D ..., ``
   ``model.generate(**inputs, max_new_tokens=100)`` on the 4-bit base with the peft adapter, with
   generate's default stopping (the model's end-of-sequence tokens). Greedy, where the tutorial
   samples at temperature 0.1, so that the summaries can be compared.
-- ``batched``: the generate stage with 4-bit weights (``generate.dequantize: false``): batching alone.
+- ``batched``: the generate stage as configured (batches of ``generate.batch_size``, 4-bit weights,
+  ``generate.dequantize: false``): batching alone.
 - ``dequantized``: one dialogue at a time with the weights de-quantized once and the adapter
   merged in (``generate.dequantize: true``, batch 1): de-quantizing alone.
-- ``ours``: the generate stage as configured on CPU (batches of ``generate.batch_size``,
-  ``generate.dequantize: auto`` = de-quantized).
+- ``batched_dequantized``: both (batches of ``generate.batch_size``, ``generate.dequantize: true``).
 
 Every arm's summaries are cut at the template's end marker and compared with the tutorial arm's.
 The JSON holds every run (seconds, peak memory, tokens generated, a hash of the summaries), not
@@ -29,7 +29,7 @@ from pathlib import Path
 
 from benchmarks.common import ROOT, arm_parser, device, load_rows, machine, peak_memory_mb, run_interleaved
 
-ARMS = ("tutorial", "batched", "dequantized", "ours")
+ARMS = ("tutorial", "batched", "dequantized", "batched_dequantized")
 
 
 def arm(args) -> dict:
@@ -43,8 +43,7 @@ def arm(args) -> dict:
 
     params = load_params(args.params)
     params.model.compute_dtype = "bfloat16" if device() == "cuda" else "float32"
-    setting = {"tutorial": False, "batched": False, "dequantized": True, "ours": params.generate.dequantize}[args.arm]
-    dequantize_to = resolve_dequantize(setting, params.model)
+    dequantize_to = resolve_dequantize(args.arm in ("dequantized", "batched_dequantized"), params.model)
     model, tok = load_model_and_tokenizer(args.base, params.model, args.adapter, dequantize_to)
     template = PromptTemplate.load(args.adapter) if args.adapter else DEFAULT
     dialogues = [r["dialogue"] for r in load_rows(args.data, "test", args.dialogues)]

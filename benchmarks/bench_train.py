@@ -1,19 +1,25 @@
-"""Training throughput: the tutorial's recipe vs this pipeline, same model, data and machine.
+"""Training throughput: the tutorial's recipe, and what each of this pipeline's levers buys and costs.
 
-    python -m benchmarks.bench_train --base models/base --data ../shared/dialogsum --steps 12
+    python -m benchmarks.bench_train --base models/base --data ../shared/dialogsum --steps 10 --repeats 3 \
+        --json benchmarks/results/train-cpu.json
 
-Both arms QLoRA-train the same 4-bit base with the same LoRA config for the same number of
-optimizer steps at the same effective batch (4 rows), in a fresh process each:
+Every arm QLoRA-trains the same 4-bit base with the same LoRA config for the same number of
+optimizer steps at an effective batch of 4 rows, on the same rows, in a fresh process; the arms
+run interleaved (A B C ... A B C ...), ``--repeats`` times, with the matmul peak measured before each.
 
-- baseline (the tutorial): batch 1 x grad-accum 4, DataCollatorForLanguageModeling (loss on
-  the whole text, pad = eos), gradient checkpointing, group_by_length, paged_adamw_8bit;
-- ours (the train stage): params.yaml's train section (batch 4 x accum 1 by default, no
-  checkpointing), batches of similar-length rows (sumlora.training.batching.length_grouped_order), loss
-  on the summary tokens only with the LM head computed only there (summary_loss).
+- ``tutorial``: the tutorial's recipe: batch 1 x grad-accum 4, DataCollatorForLanguageModeling
+  (loss on the whole text, pad = eos so EOS is masked out), gradient checkpointing, transformers'
+  group_by_length sampler, the model's own loss.
+- ``baseline``: this pipeline's data (loss on the summary, end marker and EOS) with every lever
+  off: batch 1 x 4, gradient checkpointing, the LM head over every position, the padding mask
+  passed to attention, rows in random order.
+- ``+batch`` (2 x 2), ``+no_checkpointing``, ``+head_on_labels`` (the LM head only where a label
+  is), ``+mask_free`` (no padding mask with right padding: plain causal attention),
+  ``+length_grouping`` (batches of similar-length rows): the baseline with that one lever on.
+- ``ours``: every lever on, as params.yaml's train section runs (batch 2 x 2 by default).
 
-Reported per arm: time per optimizer step, real (non-padding) tokens/s, padding fraction,
-model FLOP utilisation against the fp32 matmul peak measured in the same run, peak memory,
-and the validation loss on the summary tokens (the task) after training.
+Per run: seconds, real (non-padding) tokens/s, padding fraction, peak memory, and the loss on
+validation summaries after training. ``python -m benchmarks.report`` makes the table.
 """
 
 from __future__ import annotations
@@ -23,9 +29,10 @@ import sys
 import tempfile
 import time
 
-from benchmarks.common import arm_parser, device, load_rows, machine, matmul_peak_gflops, peak_memory_mb, run_arm, table
+from benchmarks.common import arm_parser, device, load_rows, machine, peak_memory_mb, run_interleaved
 
-ARMS = ("baseline", "ours")
+LEVERS = ("batch", "no_checkpointing", "head_on_labels", "mask_free", "length_grouping")
+ARMS = ("tutorial", "baseline", *(f"+{lever}" for lever in LEVERS), "ours")
 
 
 def matmul_params(model) -> int:
@@ -63,6 +70,13 @@ def validation_loss(model, tok, rows: list[dict], batch_size: int = 4) -> float:
     return total / count
 
 
+def levers(arm_name: str) -> set[str]:
+    """The levers an arm turns on (the tutorial arm is a recipe of its own, not a lever set)."""
+    if arm_name == "ours":
+        return set(LEVERS)
+    return {arm_name[1:]} if arm_name.startswith("+") else set()
+
+
 def arm(args) -> dict:
     import torch
     from datasets import Dataset
@@ -73,47 +87,53 @@ def arm(args) -> dict:
     from sumlora.prompt import DEFAULT
     from sumlora.tokenizing import encode_example
     from sumlora.training.batching import PadCollator, grouped_by_length
-    from sumlora.training.trainer import trainer_class, training_arguments
+    from sumlora.training.trainer import summary_loss, trainer_class, training_arguments
 
     params = load_params(args.params)
     params.model.compute_dtype = "bfloat16" if device() == "cuda" else "float32"
-    params.train.max_steps, params.train.warmup_steps = args.steps, 0
-    baseline = args.arm == "baseline"
-    if baseline:  # the tutorial's recipe
-        params.train.batch_size, params.train.gradient_accumulation_steps = 1, 4
-        params.train.gradient_checkpointing = True
-    effective = params.train.batch_size * params.train.gradient_accumulation_steps
-    train_rows = load_rows(args.data, "train", args.steps * effective)
+    tp = params.train
+    tp.max_steps, tp.warmup_steps = args.steps, 0
+    on = levers(args.arm)
+    if "batch" not in on:
+        tp.batch_size, tp.gradient_accumulation_steps = 1, 4
+    tp.gradient_checkpointing = "no_checkpointing" not in on
+    tp.group_by_length = "length_grouping" in on
+    effective = tp.batch_size * tp.gradient_accumulation_steps
+    train_rows = load_rows(args.data, "train", args.steps * effective)  # the same rows in every arm
     model, tok = prepare_qlora_model(args.base, params)
     encoded = [encode_example(tok, DEFAULT, r["dialogue"], r["summary"]) for r in train_rows]
-    if baseline:
+    tutorial = args.arm == "tutorial"
+    if tutorial:
         # whole text, labels = input ids; pad = eos, so the collator masks EOS out of the loss
         tok.pad_token = tok.eos_token
         ds = Dataset.from_list([{"input_ids": e["input_ids"]} for e in encoded])
-        collator = DataCollatorForLanguageModeling(tok, mlm=False)
-        trainer_cls = Trainer
+        collator, trainer_cls = DataCollatorForLanguageModeling(tok, mlm=False), Trainer
     else:
-        ds = grouped_by_length(Dataset.from_list([{**e, "row": i} for i, e in enumerate(encoded)]), params.train,
-                               params.seed)
+        ds = Dataset.from_list([{**e, "row": i} for i, e in enumerate(encoded)])
+        ds = grouped_by_length(ds, tp, params.seed)  # unchanged unless length_grouping is on
         collator, trainer_cls = PadCollator(tok.pad_token_id), trainer_class()
 
     class Counting(trainer_cls):
-        """Counts the real and padded tokens of every batch trained on (not the ones only collated)."""
+        """Counts the real and padded tokens of every batch trained on; the loss with this arm's levers."""
         real = padded = 0
 
-        def compute_loss(self, model, inputs, *a, **kw):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if model.training:
                 mask = inputs["attention_mask"]
                 Counting.real += int(mask.sum())
                 Counting.padded += mask.numel()
-            return super().compute_loss(model, inputs, *a, **kw)
+            if tutorial:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            inputs = {k: v for k, v in inputs.items() if k != "row"}
+            loss, outputs = summary_loss(model, inputs, num_items_in_batch, head_on_labels="head_on_labels" in on,
+                                         mask_free="mask_free" in on)
+            return (loss, outputs) if return_outputs else loss
 
     with tempfile.TemporaryDirectory() as out:
-        # the baseline groups by length with transformers' own sampler, as the tutorial does
-        sampling = {"train_sampling_strategy": "group_by_length"} if baseline else {}
-        targs = training_arguments(params.train, params.seed, params.model.compute_dtype, out, eval_strategy="no",
-                                   save_strategy="no", logging_steps=args.steps,
-                                   learning_rate=2.0e-4, **sampling)
+        # the tutorial groups by length with transformers' own sampler
+        sampling = {"train_sampling_strategy": "group_by_length"} if tutorial else {}
+        targs = training_arguments(tp, params.seed, params.model.compute_dtype, out, eval_strategy="no",
+                                   save_strategy="no", logging_steps=args.steps, learning_rate=2.0e-4, **sampling)
         trainer = Counting(model=model, args=targs, train_dataset=ds, data_collator=collator)
         if device() == "cuda":
             torch.cuda.synchronize()
@@ -123,53 +143,34 @@ def arm(args) -> dict:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
     vrows = load_rows(args.data, "validation", args.eval_rows)
-    return {"arm": args.arm, "seconds": seconds, "steps": args.steps, "rows": len(ds),
-            "real_tokens": Counting.real, "padding_fraction": 1 - Counting.real / Counting.padded,
-            "batch": f"{params.train.batch_size} x {params.train.gradient_accumulation_steps}",
-            "checkpointing": params.train.gradient_checkpointing,
-            "matmul_params": matmul_params(model), "eval_loss": validation_loss(model, tok, vrows), **peak_memory_mb()}
+    return {"arm": args.arm, "levers": sorted(on), "seconds": seconds, "steps": args.steps, "rows": len(ds),
+            "real_tokens": Counting.real, "padding_fraction": round(1 - Counting.real / Counting.padded, 4),
+            "tokens_per_s": Counting.real / seconds, "batch": f"{tp.batch_size} x {tp.gradient_accumulation_steps}",
+            "checkpointing": tp.gradient_checkpointing, "matmul_params": matmul_params(model),
+            "eval_loss": validation_loss(model, tok, vrows), **peak_memory_mb()}
 
 
 def main(argv: list[str]) -> None:
     ap = arm_parser(__doc__, ARMS)
-    ap.add_argument("--steps", type=int, default=12, help="optimizer steps per arm (effective batch 4)")
+    ap.add_argument("--steps", type=int, default=10, help="optimizer steps per arm (effective batch 4)")
     ap.add_argument("--eval-rows", type=int, default=40, help="validation rows for the loss after training")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each arm, interleaved")
     args = ap.parse_args(argv)
     if args.arm:
         args.result.write_text(json.dumps(arm(args)))
         return
 
-    peak = matmul_peak_gflops()
     common = ["--base", str(args.base), "--data", str(args.data), "--params", str(args.params),
               "--steps", str(args.steps), "--eval-rows", str(args.eval_rows)]
-    res = {a: run_arm(__spec__.name, ["--arm", a, *common]) for a in ARMS}
-    for r in res.values():
-        r["s_per_step"] = r["seconds"] / r["steps"]
-        r["tokens_per_s"] = r["real_tokens"] / r["seconds"]
-        # LoRA on a frozen base: forward 2P + backward to activations 2P FLOPs per token (+2P recompute
-        # with checkpointing, not counted: it is overhead, not useful work)
-        r["mfu"] = 4 * r["matmul_params"] * r["tokens_per_s"] / (peak * 1e9)
-    b, o = res["baseline"], res["ours"]
-    mem = "peak_gpu_mb" if "peak_gpu_mb" in b else "peak_rss_mb"
-    rows = [
-        ("batch x grad-accum", b["batch"], o["batch"], ""),
-        ("gradient checkpointing", b["checkpointing"], o["checkpointing"], ""),
-        ("rows trained", b["rows"], o["rows"], ""),
-        ("real tokens trained", b["real_tokens"], o["real_tokens"], f"{o['real_tokens'] / b['real_tokens']:.2f}"),
-        ("padding fraction", f"{b['padding_fraction']:.3f}", f"{o['padding_fraction']:.3f}", ""),
-        ("time per optimizer step (s)", f"{b['s_per_step']:.2f}", f"{o['s_per_step']:.2f}",
-         f"{b['s_per_step'] / o['s_per_step']:.2f}x faster"),
-        ("real tokens / s", f"{b['tokens_per_s']:.1f}", f"{o['tokens_per_s']:.1f}",
-         f"**{o['tokens_per_s'] / b['tokens_per_s']:.2f}x**"),
-        ("model FLOP utilisation", f"{100 * b['mfu']:.1f}%", f"{100 * o['mfu']:.1f}%", ""),
-        (mem.replace("_", " "), b[mem], o[mem], f"{o[mem] / b[mem]:.2f}"),
-        ("validation loss on summaries", f"{b['eval_loss']:.4f}", f"{o['eval_loss']:.4f}",
-         f"{o['eval_loss'] - b['eval_loss']:+.4f}"),
-    ]
-    print(f"\nmachine: {machine()}; matmul peak {peak:.0f} GFLOP/s; {args.steps} optimizer steps per arm")
-    print(table(rows, ("training", "baseline (tutorial)", "ours", "ours / baseline")))
+    runs = run_interleaved(__spec__.name, ARMS, common, args.repeats)
+    result = {"benchmark": "train", "machine": machine(), "date": time.strftime("%Y-%m-%d"), "steps": args.steps,
+              "repeats": args.repeats, "arms": list(ARMS), "levers": list(LEVERS), "runs": runs}
+    from benchmarks.report import train_table
+
+    print(train_table(result))
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine(), "matmul_peak_gflops": peak, **res}, indent=2))
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

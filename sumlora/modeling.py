@@ -159,12 +159,10 @@ def dequantized(model, dtype: torch.dtype):
     return model.to(dtype)
 
 
-def resolve_dequantize(setting: bool | str, params: ModelParams) -> str | None:
-    """The dtype generation de-quantizes to, or None to keep 4-bit weights. ``auto``: de-quantize on CPU
-    (each step would de-quantize every weight again; the compute-dtype copy is small beside CPU memory),
-    keep 4 bit on a GPU (where its memory is what 4 bit saves). Nothing to do for a model not in 4 bit."""
-    on = (not torch.cuda.is_available()) if setting == "auto" else bool(setting)
-    return params.compute_dtype if on and params.load_in_4bit else None
+def resolve_dequantize(dequantize: bool, params: ModelParams) -> str | None:
+    """The dtype generation de-quantizes to (``generate.dequantize``: the compute dtype), or None to keep the
+    4-bit weights; nothing to de-quantize for a model not loaded in 4 bit."""
+    return params.compute_dtype if dequantize and params.load_in_4bit else None
 
 
 def check_adapter(adapter_dir: str | Path, base_dir: str | Path) -> None:

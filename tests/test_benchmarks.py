@@ -19,23 +19,30 @@ def bench(*argv, env=None):
     return proc.stdout
 
 
-def test_training_benchmark_compares_the_tutorial_recipe_with_ours(tmp_path, tiny_llama_dir, dialogsum_dir):
+def test_training_benchmark_runs_each_lever_alone_and_together_interleaved(tmp_path, tiny_llama_dir, dialogsum_dir):
     out = bench("-m", "benchmarks.bench_train", "--base", str(tiny_llama_dir), "--data", str(dialogsum_dir),
-                "--steps", "2", "--eval-rows", "3", "--json", str(tmp_path / "t.json"))
-    assert "| real tokens / s |" in out and "matmul peak" in out
+                "--steps", "2", "--eval-rows", "3", "--repeats", "1", "--json", str(tmp_path / "t.json"))
     r = json.loads((tmp_path / "t.json").read_text())
-    b, o = r["baseline"], r["ours"]
-    assert (b["batch"], b["checkpointing"]) == ("1 x 4", True)  # the tutorial's recipe
-    assert (o["batch"], o["checkpointing"]) == ("2 x 2", False)  # params.yaml's
-    assert b["rows"] == o["rows"] == 8  # same effective batch, same rows
-    assert b["real_tokens"] == o["real_tokens"] > 0  # the same text, each row once
-    assert b["padding_fraction"] == 0  # batch 1 never pads
-    assert 0 <= o["padding_fraction"] < 1
-    assert r["matmul_peak_gflops"] > 0
+    arms = ["tutorial", "baseline", "+batch", "+no_checkpointing", "+head_on_labels", "+mask_free",
+            "+length_grouping", "ours"]
+    assert [x["arm"] for x in r["runs"]] == arms
+    run = {x["arm"]: x for x in r["runs"]}
+    assert (run["tutorial"]["batch"], run["tutorial"]["checkpointing"]) == ("1 x 4", True)  # the tutorial's recipe
+    base = run["baseline"]
+    assert (base["batch"], base["checkpointing"], base["levers"]) == ("1 x 4", True, [])
+    assert run["+batch"]["batch"] == "2 x 2" and run["+no_checkpointing"]["checkpointing"] is False
+    assert (run["ours"]["batch"], run["ours"]["checkpointing"]) == ("2 x 2", False)  # params.yaml's
+    assert len(run["ours"]["levers"]) == 5 and all(len(run[a]["levers"]) == 1 for a in arms[2:-1])
+    assert {x["rows"] for x in r["runs"]} == {8}  # same effective batch, same rows
+    assert len({x["real_tokens"] for x in r["runs"]}) == 1  # the same text, each row once
+    assert run["baseline"]["padding_fraction"] == 0  # batch 1 never pads
     layers, hidden, kv, inner = 2, 64, 32, 128  # tests/conftest.py's tiny Llama: q,o 64x64; k,v 64x32; MLP 3 x 64x128
-    for a in (b, o):
-        assert a["seconds"] > 0 and a["peak_rss_mb"] > 0 and math.isfinite(a["eval_loss"])
-        assert a["matmul_params"] == layers * (2 * hidden * hidden + 2 * hidden * kv + 3 * hidden * inner)
+    for x in r["runs"]:
+        assert x["seconds"] > 0 and x["peak_rss_mb"] > 0 and x["matmul_gflops"] > 0 and math.isfinite(x["eval_loss"])
+        assert x["matmul_params"] == layers * (2 * hidden * hidden + 2 * hidden * kv + 3 * hidden * inner)
+    from benchmarks.report import train_table
+
+    assert train_table(r) in out
 
 
 def test_generation_benchmark_interleaves_the_arms_and_compares_summaries(tmp_path, tiny_llama_dir, dialogsum_dir):
@@ -43,10 +50,12 @@ def test_generation_benchmark_interleaves_the_arms_and_compares_summaries(tmp_pa
                 "--data", str(dialogsum_dir), "--dialogues", "4", "--new-tokens", "30", "--repeats", "2",
                 "--json", str(tmp_path / "g.json"))
     r = json.loads((tmp_path / "g.json").read_text())
-    assert [x["arm"] for x in r["runs"]] == ["tutorial", "batched", "dequantized", "ours"] * 2  # interleaved
+    arms = ["tutorial", "batched", "dequantized", "batched_dequantized"]
+    assert [x["arm"] for x in r["runs"]] == arms * 2  # interleaved
     assert all(x["seconds"] > 0 and x["peak_rss_mb"] > 0 and x["matmul_gflops"] > 0 for x in r["runs"])
-    assert {x["weights"] for x in r["runs"] if x["arm"] in ("tutorial", "batched")} == {"4-bit"}
-    assert {x["weights"] for x in r["runs"] if x["arm"] in ("dequantized", "ours")} == {"de-quantized to float32"}
+    weights = {a: {x["weights"] for x in r["runs"] if x["arm"] == a} for a in arms}
+    assert weights == {"tutorial": {"4-bit"}, "batched": {"4-bit"}, "dequantized": {"de-quantized to float32"},
+                       "batched_dequantized": {"de-quantized to float32"}}
     assert all(x["identical_to_tutorial"] == 4 for x in r["runs"]), out  # batching, de-quantizing change nothing
     assert "summaries" not in r["runs"][0]  # the JSON does not quote the data
     from benchmarks.report import generate_table
@@ -65,5 +74,5 @@ def test_gpu_script_runs_on_cpu_with_a_tiny_phi(tmp_path, tiny_phi_dir, dialogsu
     assert info["model_type"] == "phi" and info["source"] == "random-tiny-phi"
     train = json.loads((tmp_path / "gpu" / "train.json").read_text())
     gen = json.loads((tmp_path / "gpu" / "generate.json").read_text())
-    assert train["baseline"]["rows"] == train["ours"]["rows"] == 4
+    assert {x["rows"] for x in train["runs"]} == {4} and len(train["runs"]) == 8
     assert {x["identical_to_tutorial"] for x in gen["runs"]} == {2}

@@ -136,14 +136,10 @@ def test_generation_with_weights_dequantized_once_matches_the_4bit_path(adapter)
     assert summaries(fast, tok) == summaries(*slow)
 
 
-def test_dequantize_auto_is_on_for_cpu_and_off_on_a_gpu(monkeypatch):
+def test_dequantize_gives_the_compute_dtype_only_for_a_4bit_model():
     from sumlora.core.params import ModelParams
     from sumlora.modeling import resolve_dequantize
 
     four_bit, plain = ModelParams(compute_dtype="float32"), ModelParams(load_in_4bit=False)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert resolve_dequantize("auto", four_bit) == "float32"
-    assert resolve_dequantize(False, four_bit) is None and resolve_dequantize("auto", plain) is None
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert resolve_dequantize("auto", four_bit) is None  # keep the 4-bit memory saving on a GPU
     assert resolve_dequantize(True, four_bit) == "float32"
+    assert resolve_dequantize(False, four_bit) is None and resolve_dequantize(True, plain) is None

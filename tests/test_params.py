@@ -143,16 +143,6 @@ def test_params_check_of_a_directory_or_binary_file_is_one_line(tmp_path, what):
     assert out.returncode == 1 and expected in out.stderr and "Traceback" not in out.stderr, out.stderr
 
 
-def test_generate_dequantize_is_auto_true_or_false():
-    data = committed()
-    for ok in ("auto", True, False):
-        data["generate"]["dequantize"] = ok
-        parse_params(data)
-    data["generate"]["dequantize"] = "yes"
-    with pytest.raises(ParamsError, match=r"generate.dequantize: must be auto, true or false, got 'yes'"):
-        parse_params(data)
-
-
 def test_the_code_defaults_are_the_values_in_params_yaml():
     """One source of defaults: the dataclass defaults (used only without a params file) equal the file."""
     from sumlora.core.params import Params

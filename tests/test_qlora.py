@@ -169,3 +169,7 @@ def test_summary_loss_equals_the_models_own_loss_and_gradients(arch, request, pa
                          for n, p in model.named_parameters() if n in grads)
     n_labels = int((b["labels"][:, 1:] != -100).sum())
     assert torch.allclose(summary_loss(model, b, num_items_in_batch=2 * n_labels)[0], ours / 2)
+    for head, mask_free in ((False, True), (True, False), (False, False)):  # the benchmark's ablation switches
+        torch.manual_seed(0)
+        assert torch.allclose(summary_loss(model, b, head_on_labels=head, mask_free=mask_free)[0], full,
+                              rtol=1e-5, atol=1e-6)

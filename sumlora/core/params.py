@@ -135,16 +135,14 @@ class TrainParams:
 
 @dataclass
 class GenerateParams:
-    num_dialogues: int | None = 50
+    num_dialogues: int | None = 100
     max_new_tokens: int = 80
     batch_size: int = 16
-    dequantize: bool | str = "auto"
+    dequantize: bool = False
 
     def check(self):
         errs = [(k, f"must be >= 1, got {getattr(self, k)}") for k in ("max_new_tokens", "batch_size")
                 if getattr(self, k) < 1]
-        if isinstance(self.dequantize, str) and self.dequantize != "auto":
-            errs.append(("dequantize", f"must be auto, true or false, got {self.dequantize!r}"))
         if self.num_dialogues is not None and self.num_dialogues < 1:
             errs.append(("num_dialogues", f"must be >= 1 or null (all), got {self.num_dialogues}"))
         return errs

@@ -9,7 +9,7 @@ from sumlora.tokenizing import IGNORE_INDEX
 from sumlora.training.checkpoints import KEEP, mark_complete
 
 
-def summary_loss(model, inputs: dict, num_items_in_batch=None):
+def summary_loss(model, inputs: dict, num_items_in_batch=None, head_on_labels: bool = True, mask_free: bool = True):
     """Next-token cross-entropy on the label tokens only, computing the LM head only where it is needed.
 
     The usual forward projects every position onto the vocabulary (B x T x V logits, 49k wide
@@ -17,7 +17,8 @@ def summary_loss(model, inputs: dict, num_items_in_batch=None):
     B x T boolean mask) keeps just the positions whose next token is a label, so the head's
     compute and its logits memory shrink to the summary tokens. Same value as the model's own
     loss: summed over label tokens, divided by their count (``num_items_in_batch``, the count over
-    the accumulated batches and processes when the Trainer supplies it).
+    the accumulated batches and processes when the Trainer supplies it). ``head_on_labels=False`` and
+    ``mask_free=False`` switch the two savings off (the training benchmark's ablation measures each).
     """
     labels, mask = inputs["labels"], inputs["attention_mask"]
     targets = labels[:, 1:]
@@ -26,9 +27,10 @@ def summary_loss(model, inputs: dict, num_items_in_batch=None):
     # padding mask changes nothing that is scored; without it attention runs as plain causal SDPA
     # (the fused kernel) instead of materialising a masked score matrix.
     right_padded = bool((mask[:, :-1] >= mask[:, 1:]).all()) and bool(mask[:, 0].all())
-    outputs = model(input_ids=inputs["input_ids"], attention_mask=None if right_padded else mask,
-                    logits_to_keep=keep, use_cache=False)
-    logits = outputs.logits.reshape(-1, outputs.logits.shape[-1])  # (label tokens, V), row-major order
+    outputs = model(input_ids=inputs["input_ids"], attention_mask=None if right_padded and mask_free else mask,
+                    logits_to_keep=keep if head_on_labels else 0, use_cache=False)
+    logits = outputs.logits if head_on_labels else outputs.logits[keep]  # (label tokens, V), row-major order
+    logits = logits.reshape(-1, logits.shape[-1])
     loss = torch.nn.functional.cross_entropy(logits.float(), targets[targets != IGNORE_INDEX], reduction="sum")
     count = num_items_in_batch if num_items_in_batch is not None else keep.sum()
     return loss / count, outputs
