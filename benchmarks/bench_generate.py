@@ -14,7 +14,8 @@ Arms (each run in a fresh process; the arms interleaved, A B C D A B C D ..., ``
   merged in (``generate.dequantize: true``, batch 1): de-quantizing alone.
 - ``batched_dequantized``: both (batches of ``generate.batch_size``, ``generate.dequantize: true``).
 
-Every arm's summaries are cut at the template's end marker and compared with the tutorial arm's.
+Every arm's summaries are cut at the template's end marker, compared with the tutorial arm's, and
+scored with ROUGE-1/L against all references (as the evaluate stage's ``all_refs``).
 The JSON holds every run (seconds, peak memory, tokens generated, a hash of the summaries), not
 the summaries themselves (they quote DialogSum). ``python -m benchmarks.report`` makes the tables.
 """
@@ -27,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import ROOT, arm_parser, device, load_rows, machine, peak_memory_mb, run_interleaved
+from benchmarks.common import ROOT, arm_parser, device, machine, peak_memory_mb, run_interleaved, test_dialogues
 
 ARMS = ("tutorial", "batched", "dequantized", "batched_dequantized")
 
@@ -46,7 +47,7 @@ def arm(args) -> dict:
     dequantize_to = resolve_dequantize(args.arm in ("dequantized", "batched_dequantized"), params.model)
     model, tok = load_model_and_tokenizer(args.base, params.model, args.adapter, dequantize_to)
     template = PromptTemplate.load(args.adapter) if args.adapter else DEFAULT
-    dialogues = [r["dialogue"] for r in load_rows(args.data, "test", args.dialogues)]
+    dialogues = [r["dialogue"] for r in test_dialogues(args.data, args.dialogues)]
     sync = torch.cuda.synchronize if device() == "cuda" else (lambda: None)
     new_tokens = 0
     sync()
@@ -93,11 +94,16 @@ def main(argv: list[str]) -> None:
     common = ["--base", str(args.base), "--adapter", str(args.adapter or ""), "--data", str(args.data),
               "--params", str(args.params), "--dialogues", str(args.dialogues), "--new-tokens", str(args.new_tokens)]
     runs = run_interleaved(__spec__.name, ARMS, common, args.repeats)
+    from sumlora.evaluation.rouge import corpus_scores
+
     reference = next(r["summaries"] for r in runs if r["arm"] == "tutorial")
-    for r in runs:  # keep the comparison, not the text (it quotes DialogSum)
+    refs = [g["references"] for g in test_dialogues(args.data, args.dialogues)]
+    for r in runs:  # keep the comparison and the scores, not the text (it quotes DialogSum)
         summaries = r.pop("summaries")
         r["summaries_sha256"] = digest(summaries)
         r["identical_to_tutorial"] = sum(x == y for x, y in zip(summaries, reference))
+        scores = corpus_scores(summaries, refs)  # against all references, as the evaluate stage scores
+        r["rouge1"], r["rougeL"] = scores["rouge1"], scores["rougeL"]
     result = {"benchmark": "generate", "machine": machine(), "date": time.strftime("%Y-%m-%d"),
               "adapter": str(args.adapter), "dialogues": args.dialogues, "max_new_tokens": args.new_tokens,
               "repeats": args.repeats, "arms": list(ARMS), "runs": runs}

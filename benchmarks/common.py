@@ -77,6 +77,14 @@ def load_rows(data_dir: Path, split: str, n: int | None) -> list[dict]:
     return rows[:n] if n else rows
 
 
+def test_dialogues(data_dir: Path, n: int | None) -> list[dict]:
+    """The first ``n`` test dialogues with all their references, grouped as the format stage groups them."""
+    from sumlora.data import group_references, read_jsonl
+
+    groups = group_references(read_jsonl(Path(data_dir) / "test.jsonl"))
+    return groups[:n] if n else groups
+
+
 def arm_parser(doc: str, arms: tuple[str, ...]):
     """The arguments both benchmarks take: inputs, --json, and the hidden --arm/--result of a child run."""
     import argparse

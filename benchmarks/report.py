@@ -34,18 +34,20 @@ def generate_table(result: dict) -> str:
     the per-repeat ratios: each repeat's arms ran back to back), peak memory, and identical summaries."""
     arms = _by_arm(result)
     base = {r["repeat"]: r["dialogues"] / r["seconds"] for r in arms["tutorial"]}
-    lines = ["| arm | weights | batch | summaries / s | vs tutorial | peak RSS MiB | same summaries as tutorial |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| arm | weights | batch | summaries / s | vs tutorial | peak RSS MiB | same summaries as tutorial "
+             "| ROUGE-1 / ROUGE-L |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for a, runs in arms.items():
         rates = [r["dialogues"] / r["seconds"] for r in runs]
         ratios = [r["dialogues"] / r["seconds"] / base[r["repeat"]] for r in runs]
         mem = "peak_gpu_mb" if "peak_gpu_mb" in runs[0] else "peak_rss_mb"
         same = {r["identical_to_tutorial"] for r in runs}
+        assert len({r["summaries_sha256"] for r in runs}) == 1, f"{a}: the repeats wrote different summaries"
         lines.append(f"| {LABELS.get(a, a)} | {runs[0]['weights']} | {runs[0]['batch_size']} "
                      f"| {_spread(rates, '.2f')} "
                      f"| **{statistics.median(ratios):.2f}x** ({min(ratios):.2f}-{max(ratios):.2f}) "
                      f"| {max(r[mem] for r in runs)} "
-                     f"| {'/'.join(str(s) for s in sorted(same))} of {runs[0]['dialogues']} |")
+                     f"| {'/'.join(str(s) for s in sorted(same))} of {runs[0]['dialogues']} "
+                     f"| {runs[0]['rouge1']:.2f} / {runs[0]['rougeL']:.2f} |")
     peaks = [r["matmul_gflops"] for r in result["runs"]]
     lines += ["", f"{result['machine']}; {result['dialogues']} test dialogues, greedy, at most "
               f"{result['max_new_tokens']} new tokens, {result['repeats']} interleaved repeats, {result['date']}; "

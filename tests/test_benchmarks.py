@@ -58,6 +58,8 @@ def test_generation_benchmark_interleaves_the_arms_and_compares_summaries(tmp_pa
                        "batched_dequantized": {"de-quantized to float32"}}
     assert all(x["identical_to_tutorial"] == 4 for x in r["runs"]), out  # batching, de-quantizing change nothing
     assert "summaries" not in r["runs"][0]  # the JSON does not quote the data
+    assert len({(x["rouge1"], x["rougeL"], x["summaries_sha256"]) for x in r["runs"]}) == 1  # same text, same scores
+    assert 0 <= r["runs"][0]["rouge1"] <= 100
     from benchmarks.report import generate_table
 
     assert generate_table(r) in out and "| **1.00x** (1.00-1.00) |" in generate_table(r)
