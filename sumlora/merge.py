@@ -46,17 +46,15 @@ def check_output_dir(out_dir: Path, inputs: list[Path], force: bool) -> None:
 
 def merge(base_dir, adapter_dir, out_dir, model_params, dtype: str = "float32") -> dict:
     """Merge ``adapter_dir`` into the de-quantized base in ``base_dir``; write ``out_dir`` whole."""
-
     from sumlora.modeling import load_model_and_tokenizer, read_base_info, write_model_dir
     from sumlora.prompt import PromptTemplate
 
     # quantized as in training, then de-quantized to dtype and the adapter merged in (checked before loading)
     merged, tok = load_model_and_tokenizer(base_dir, model_params, adapter_dir, dequantize_to=dtype)
     template = PromptTemplate.load(adapter_dir)
-    quantized = model_params.load_in_4bit
     merged.config.use_cache = True
     info = {"base_model": read_base_info(base_dir), "adapter": str(adapter_dir), "dtype": dtype,
-            "base_dequantized_from": model_params.quant_type if quantized else None}
+            "base_dequantized_from": model_params.quant_type if model_params.load_in_4bit else None}
     write_model_dir(out_dir, merged, tok, template, MERGE_INFO, info)
     return info
 
