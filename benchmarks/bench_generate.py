@@ -9,10 +9,12 @@ Arms (each run in a fresh process; the arms interleaved, A B C D A B C D ..., ``
   generate's default stopping (the model's end-of-sequence tokens). Greedy, where the tutorial
   samples at temperature 0.1, so that the summaries can be compared.
 - ``batched``: the generate stage as configured (batches of ``generate.batch_size``, 4-bit weights,
-  ``generate.dequantize: false``): batching alone.
-- ``dequantized``: one dialogue at a time with the weights de-quantized once and the adapter
-  merged in (``generate.dequantize: true``, batch 1): de-quantizing alone.
-- ``batched_dequantized``: both (batches of ``generate.batch_size``, ``generate.dequantize: true``).
+  ``generate.dequantize: none``): batching alone.
+- ``dequantized``: one dialogue at a time with the weights de-quantized once to float32 and the
+  adapter merged in (``generate.dequantize: float32``, batch 1): de-quantizing alone.
+- ``batched_dequantized``: both (batches of ``generate.batch_size``, ``generate.dequantize: float32``).
+- ``batched_bf16``: batches, with the weights de-quantized once to bfloat16 and the adapter merged in
+  (``generate.dequantize: bfloat16``, what ``auto`` picks on a CPU with native bfloat16 matmuls).
 
 Every arm's summaries are cut at the template's end marker, compared with the tutorial arm's, and
 scored with ROUGE-1/L against all references (as the evaluate stage's ``all_refs``).
@@ -30,7 +32,8 @@ from pathlib import Path
 
 from benchmarks.common import ROOT, arm_parser, device, machine, peak_memory_mb, run_interleaved, test_dialogues
 
-ARMS = ("tutorial", "batched", "dequantized", "batched_dequantized")
+ARMS = ("tutorial", "batched", "dequantized", "batched_dequantized", "batched_bf16")
+DEQUANTIZE = {"dequantized": "float32", "batched_dequantized": "float32", "batched_bf16": "bfloat16"}
 
 
 def arm(args) -> dict:
@@ -44,7 +47,7 @@ def arm(args) -> dict:
 
     params = load_params(args.params)
     params.model.compute_dtype = "bfloat16" if device() == "cuda" else "float32"
-    dequantize_to = resolve_dequantize(args.arm in ("dequantized", "batched_dequantized"), params.model)
+    dequantize_to = resolve_dequantize(DEQUANTIZE.get(args.arm, "none"), params.model)
     model, tok = load_model_and_tokenizer(args.base, params.model, args.adapter, dequantize_to)
     template = PromptTemplate.load(args.adapter) if args.adapter else DEFAULT
     dialogues = [r["dialogue"] for r in test_dialogues(args.data, args.dialogues)]

@@ -17,7 +17,8 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LABELS = {"tutorial": "tutorial: `generate` per dialogue, 4-bit", "batched": "batched (stage), 4-bit",
-          "dequantized": "per dialogue, de-quantized once", "batched_dequantized": "batched + de-quantized once"}
+          "dequantized": "per dialogue, de-quantized once", "batched_dequantized": "batched + de-quantized once",
+          "batched_bf16": "batched + de-quantized once to bfloat16"}
 
 
 def _by_arm(result: dict) -> dict[str, list[dict]]:

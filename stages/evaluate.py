@@ -41,6 +41,7 @@ def main(argv: list[str]) -> None:
     metrics, rows = evaluate(ids, [r["references"] for r in runs["base"]],
                              {n: [r["prediction"] for r in rows] for n, rows in runs.items()},
                              ep.bootstrap_samples, ep.confidence, params.seed)
+    metrics = {"split": params.generate.split, **metrics}  # validation while choosing params, test once chosen
     dialogues = {r["id"]: r["dialogue"] for r in runs["base"]}
 
     args.reports_dir.mkdir(parents=True, exist_ok=True)

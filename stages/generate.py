@@ -1,4 +1,4 @@
-"""Generate summaries of the test dialogues with the base model, or base + adapter.
+"""Generate summaries of the test (or validation) dialogues with the base model, or base + adapter.
 
     python -m stages.generate data/formatted/test.jsonl models/base data/predictions/base.jsonl \
         --template data/tokenized/prompt_template.json
@@ -10,6 +10,8 @@
 recorded). ``--adapter``: base + adapter, with the template saved beside the adapter.
 ``--chat``: the zero-shot baseline, a plain instruction through the tokenizer's chat template;
 a tokenizer without one gets an empty output file (evaluate then skips that baseline).
+The dialogues file is ``data/formatted/{generate.split}.jsonl``: test records carry their
+references, a validation record its one summary, scored as its reference.
 Output JSONL: id, dialogue, references, prediction.
 
 Under ``accelerate launch`` / torchrun each process summarizes its own share of the
@@ -23,7 +25,7 @@ from pathlib import Path
 
 from sumlora.core import atomic, cli
 from sumlora.core.params import load_params
-from sumlora.data import load_records
+from sumlora.data import load_records, scored_record
 from sumlora.prompt import PromptTemplate
 
 
@@ -46,7 +48,7 @@ def main(argv: list[str]) -> None:
     gp = params.generate
     atomic.check_writable(args.out_file)  # before the model loads and the summaries are generated
     state = PartialState(cpu=not torch.cuda.is_available())  # one process unless launched with several
-    records = load_records(args.test_file)[:gp.num_dialogues]
+    records = [scored_record(r) for r in load_records(args.test_file)[:gp.num_dialogues]]
     dequantize_to = resolve_dequantize(gp.dequantize, params.model)
     model, tok = load_model_and_tokenizer(args.base_dir, params.model, args.adapter, dequantize_to)
     print(f"weights: de-quantized once to {dequantize_to}" + (", adapter merged in" if args.adapter else "")

@@ -15,7 +15,7 @@ from sumlora.core.errors import ParamsError
 from sumlora.core.params import load_params
 from sumlora.data import load_records
 from sumlora.modeling import load_tokenizer, model_max_positions
-from sumlora.prompt import DEFAULT
+from sumlora.prompt import template_for
 from sumlora.tokenizing import max_length, tokenize_rows
 
 
@@ -35,11 +35,12 @@ def main(argv: list[str]) -> None:
     counts = args.formatted_dir / "counts.json"  # what the format stage dropped as repeated dialogues
     metrics = {"max_length": limit, "model_context": model_limit,
                "format": json.loads(counts.read_text()) if counts.is_file() else None}
+    template = template_for(params.format.prompt)
     with atomic.output_dir(args.out_dir) as tmp:
-        DEFAULT.save(tmp)  # the template these rows were rendered with travels with them
+        template.save(tmp)  # the template these rows were rendered with travels with them
         for split in ("train", "validation"):
             rows = load_records(args.formatted_dir / f"{split}.jsonl")
-            kept, counts = tokenize_rows(rows, tok, DEFAULT, limit, params.tokenize.train_on_prompt,
+            kept, counts = tokenize_rows(rows, tok, template, limit, params.tokenize.train_on_prompt,
                                          params.seed)
             if not kept:  # nothing to train or evaluate on: fail here, not in train
                 raise ParamsError(f"tokenize.max_length: {limit} drops all {counts['rows']} {split} rows of "

@@ -128,3 +128,10 @@ def load_records(path: str | Path) -> list[dict]:
                 except json.JSONDecodeError as e:
                     raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
     return out
+
+
+def scored_record(record: dict) -> dict:
+    """``{id, dialogue, references}`` of a formatted test record, or of a validation record (its one summary
+    is its reference), for generation and scoring."""
+    refs = record["references"] if "references" in record else [record["summary"]]
+    return {"id": record["id"], "dialogue": record["dialogue"], "references": refs}

@@ -12,25 +12,8 @@ from __future__ import annotations
 import torch
 
 from sumlora.core.errors import DataError
-from sumlora.prompt import PromptTemplate
+from sumlora.prompt import PromptTemplate, template_for
 from sumlora.tokenizing import encode_prompt
-
-# The zero-shot baseline: a plain instruction through the model's own chat template. It lives here,
-# not with the training prompt, so editing it reruns the baseline's generation and not training.
-CHAT_INSTRUCTION = "Summarize the following conversation in one or two sentences.\n\n{dialogue}"
-
-
-def chat_messages(dialogue: str) -> list[dict]:
-    """The chat-template baseline's conversation: one user turn asking for a summary."""
-    return [{"role": "user", "content": CHAT_INSTRUCTION.format(dialogue=dialogue.strip())}]
-
-
-def encode_chat_prompt(tokenizer, dialogue: str) -> list[int]:
-    """Token ids of the zero-shot baseline prompt, rendered with the tokenizer's chat template."""
-    if not getattr(tokenizer, "chat_template", None):
-        raise ValueError("the tokenizer has no chat template")
-    text = tokenizer.apply_chat_template(chat_messages(dialogue), add_generation_prompt=True, tokenize=False)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def end_token_ids(model, tokenizer) -> list[int]:
@@ -102,14 +85,13 @@ def generate_summaries(model, tokenizer, template: PromptTemplate, dialogues: li
     With ``context``, dialogues (named by ``ids``) too long for it are refused first (:func:`check_fits`)."""
     prompts = summary_prompts(tokenizer, template, dialogues)
     check_fits(prompts, ids, max_new_tokens, context)
-    texts = generate_texts(model, tokenizer, prompts, batch_size, max_new_tokens, [template.end_marker], progress)
+    texts = generate_texts(model, tokenizer, prompts, batch_size, max_new_tokens, template.stop_strings(), progress)
     return [template.extract_summary(t) for t in texts]
 
 
 def generate_chat_summaries(model, tokenizer, dialogues: list[str], batch_size: int, max_new_tokens: int,
                             progress=None, ids: list[str] | None = None, context: int | None = None) -> list[str]:
-    """Zero-shot summaries through the tokenizer's chat template (the fair baseline for instruct models)."""
-    prompts = [encode_chat_prompt(tokenizer, d) for d in dialogues]
-    check_fits(prompts, ids, max_new_tokens, context)
-    return [t.strip() for t in generate_texts(model, tokenizer, prompts, batch_size, max_new_tokens,
-                                              progress=progress)]
+    """Zero-shot summaries through the tokenizer's chat template (the fair baseline for instruct models): the
+    chat style's prompt, the one a model fine-tuned in that style is given."""
+    return generate_summaries(model, tokenizer, template_for("chat"), dialogues, batch_size, max_new_tokens,
+                              progress, ids, context)

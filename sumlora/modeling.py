@@ -159,10 +159,22 @@ def dequantized(model, dtype: torch.dtype):
     return model.to(dtype)
 
 
-def resolve_dequantize(dequantize: bool, params: ModelParams) -> str | None:
-    """The dtype generation de-quantizes to (``generate.dequantize``: the compute dtype), or None to keep the
-    4-bit weights; nothing to de-quantize for a model not loaded in 4 bit."""
-    return params.compute_dtype if dequantize and params.load_in_4bit else None
+def resolve_dequantize(dequantize: str, params: ModelParams) -> str | None:
+    """The dtype generation de-quantizes the 4-bit base to (``generate.dequantize``), or None to keep the 4-bit
+    weights. ``auto``: bfloat16 on a CPU with native bfloat16 matmuls (oneDNN; e.g. AVX512-BF16 or AMX), where
+    it was measured faster than 4 bit (BENCHMARKS.md); 4 bit otherwise: on a GPU (the memory 4 bit saves is the
+    point there) and on other CPUs (float32 weights were measured slower than 4 bit). Nothing to de-quantize
+    for a model not loaded in 4 bit."""
+    if not params.load_in_4bit or dequantize == "none":
+        return None
+    if dequantize != "auto":
+        return dequantize
+    return "bfloat16" if not torch.cuda.is_available() and cpu_has_native_bf16() else None
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU runs bfloat16 matmuls natively (oneDNN's check: AVX512-BF16, AMX or similar)."""
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def check_adapter(adapter_dir: str | Path, base_dir: str | Path) -> None:

@@ -4,6 +4,8 @@ Prompt and response are tokenized separately and their ids concatenated, so the
 boundary between them never depends on how the marker tokenizes in context.
 Labels: -100 on the prompt (unless training on the prompt), the response tokens,
 the end marker and EOS stay in the loss (pad == eos would otherwise hide EOS).
+The chat style's response is the assistant reply as the tokenizer's chat template renders it
+(the summary and its end-of-turn token), up to the whitespace the template puts after the turn.
 """
 
 from __future__ import annotations
@@ -15,9 +17,35 @@ from sumlora.prompt import PromptTemplate
 IGNORE_INDEX = -100
 
 
+def prompt_text(tokenizer, template: PromptTemplate, dialogue: str) -> str:
+    """The prompt as text; the chat style's is the tokenizer's chat template up to the assistant's turn."""
+    if not template.chat:
+        return template.render_prompt(dialogue)
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("format.prompt: chat needs a tokenizer with a chat template; this one has none "
+                         "(use format.prompt: instruct)")
+    return tokenizer.apply_chat_template(template.user_turn(dialogue), add_generation_prompt=True, tokenize=False)
+
+
 def encode_prompt(tokenizer, template: PromptTemplate, dialogue: str) -> list[int]:
-    """Token ids of the prompt: the same call at training time and at generation time."""
-    return tokenizer(template.render_prompt(dialogue), add_special_tokens=True)["input_ids"]
+    """Token ids of the prompt: the same call at training time and at generation time. A chat template
+    writes its own special tokens (e.g. BOS), so none are added to it."""
+    return tokenizer(prompt_text(tokenizer, template, dialogue), add_special_tokens=not template.chat)["input_ids"]
+
+
+def encode_response(tokenizer, template: PromptTemplate, dialogue: str, summary: str) -> list[int]:
+    """Token ids of the training target, ending with a token that stops generation."""
+    if not template.chat:
+        return tokenizer(template.render_response(summary), add_special_tokens=False)["input_ids"] + [
+            tokenizer.eos_token_id]
+    prompt = prompt_text(tokenizer, template, dialogue)
+    whole = tokenizer.apply_chat_template(template.user_turn(dialogue) + [
+        {"role": "assistant", "content": summary.strip()}], tokenize=False)
+    if not whole.startswith(prompt):
+        raise ValueError("the tokenizer's chat template renders the conversation before the reply differently "
+                         "with and without the reply; use format.prompt: instruct")
+    ids = tokenizer(whole[len(prompt):].rstrip(), add_special_tokens=False)["input_ids"]
+    return ids if ids[-1] in tokenizer.all_special_ids else ids + [tokenizer.eos_token_id]
 
 
 def encode_example(tokenizer, template: PromptTemplate, dialogue: str, summary: str,
@@ -26,8 +54,7 @@ def encode_example(tokenizer, template: PromptTemplate, dialogue: str, summary: 
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token; the model could not learn to stop")
     prompt = encode_prompt(tokenizer, template, dialogue)
-    response = tokenizer(template.render_response(summary), add_special_tokens=False)["input_ids"]
-    response = response + [tokenizer.eos_token_id]
+    response = encode_response(tokenizer, template, dialogue, summary)
     labels = (list(prompt) if train_on_prompt else [IGNORE_INDEX] * len(prompt)) + list(response)
     return {"input_ids": list(prompt) + response, "labels": labels}
 

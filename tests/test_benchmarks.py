@@ -50,15 +50,16 @@ def test_generation_benchmark_interleaves_the_arms_and_compares_summaries(tmp_pa
                 "--data", str(dialogsum_dir), "--dialogues", "4", "--new-tokens", "30", "--repeats", "2",
                 "--json", str(tmp_path / "g.json"))
     r = json.loads((tmp_path / "g.json").read_text())
-    arms = ["tutorial", "batched", "dequantized", "batched_dequantized"]
+    arms = ["tutorial", "batched", "dequantized", "batched_dequantized", "batched_bf16"]
     assert [x["arm"] for x in r["runs"]] == arms * 2  # interleaved
     assert all(x["seconds"] > 0 and x["peak_rss_mb"] > 0 and x["matmul_gflops"] > 0 for x in r["runs"])
     weights = {a: {x["weights"] for x in r["runs"] if x["arm"] == a} for a in arms}
     assert weights == {"tutorial": {"4-bit"}, "batched": {"4-bit"}, "dequantized": {"de-quantized to float32"},
-                       "batched_dequantized": {"de-quantized to float32"}}
-    assert all(x["identical_to_tutorial"] == 4 for x in r["runs"]), out  # batching, de-quantizing change nothing
+                       "batched_dequantized": {"de-quantized to float32"}, "batched_bf16": {"de-quantized to bfloat16"}}
+    exact = [x for x in r["runs"] if x["arm"] != "batched_bf16"]  # bfloat16 rounding may change a summary
+    assert all(x["identical_to_tutorial"] == 4 for x in exact), out  # batching, de-quantizing change nothing
     assert "summaries" not in r["runs"][0]  # the JSON does not quote the data
-    assert len({(x["rouge1"], x["rougeL"], x["summaries_sha256"]) for x in r["runs"]}) == 1  # same text, same scores
+    assert len({(x["rouge1"], x["rougeL"], x["summaries_sha256"]) for x in exact}) == 1  # same text, same scores
     assert 0 <= r["runs"][0]["rouge1"] <= 100
     from benchmarks.report import generate_table
 

@@ -115,3 +115,31 @@ def test_qlora_train_then_generate_with_adapter(base_dir, params, adapter_dir, d
     summaries = generate_summaries(model, tok, template, dialogues, batch_size=2, max_new_tokens=24)
     assert len(summaries) == 2 and all(isinstance(s, str) and len(s.split()) >= 2 for s in summaries)
     assert all(DEFAULT.end_marker not in s for s in summaries)
+
+
+def test_chat_style_rows_are_the_tokenizers_own_chat_rendering(base_dir, dialogsum_dir):
+    """format.prompt: chat on the real SmolLM2 tokenizer: a training row is, token for token, what the
+    tokenizer's own apply_chat_template(tokenize=True) gives for the conversation (less the newline after the
+    end of turn); the generation prompt is its add_generation_prompt rendering; the labels are the summary and
+    <|im_end|>, the token SmolLM2-Instruct ends a turn with and stops at."""
+    from sumlora.modeling import load_tokenizer
+    from sumlora.prompt import template_for
+    from sumlora.tokenizing import IGNORE_INDEX, encode_example, encode_prompt
+
+    tok, chat = load_tokenizer(base_dir), template_for("chat")
+
+    def ids(out):
+        return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+    for row in read_rows(dialogsum_dir / "train.jsonl", 5):
+        turn = chat.user_turn(row["dialogue"])
+        ex = encode_example(tok, chat, row["dialogue"], row["summary"])
+        whole = ids(tok.apply_chat_template(turn + [{"role": "assistant", "content": row["summary"].strip()}],
+                                            tokenize=True))
+        assert whole[:len(ex["input_ids"])] == ex["input_ids"] and tok.decode(whole[len(ex["input_ids"]):]) == "\n"
+        prompt = ids(tok.apply_chat_template(turn, add_generation_prompt=True, tokenize=True))
+        assert encode_prompt(tok, chat, row["dialogue"]) == prompt == ex["input_ids"][:len(prompt)]
+        assert ex["labels"][:len(prompt)] == [IGNORE_INDEX] * len(prompt)
+        assert ex["labels"][len(prompt):] == ex["input_ids"][len(prompt):]
+        assert tok.decode(ex["labels"][len(prompt):]) == row["summary"].strip() + "<|im_end|>"
+        assert ex["input_ids"][-1] == tok.eos_token_id == tok.convert_tokens_to_ids("<|im_end|>")

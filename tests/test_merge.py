@@ -136,10 +136,14 @@ def test_generation_with_weights_dequantized_once_matches_the_4bit_path(adapter)
     assert summaries(fast, tok) == summaries(*slow)
 
 
-def test_dequantize_gives_the_compute_dtype_only_for_a_4bit_model():
+def test_dequantize_auto_picks_bfloat16_only_on_a_cpu_with_native_bf16(monkeypatch):
     from sumlora.core.params import ModelParams
     from sumlora.modeling import resolve_dequantize
 
     four_bit, plain = ModelParams(compute_dtype="float32"), ModelParams(load_in_4bit=False)
-    assert resolve_dequantize(True, four_bit) == "float32"
-    assert resolve_dequantize(False, four_bit) is None and resolve_dequantize(True, plain) is None
+    for native, gpu, expected in [(True, False, "bfloat16"), (False, False, None), (True, True, None)]:
+        monkeypatch.setattr("sumlora.modeling.cpu_has_native_bf16", lambda native=native: native)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda gpu=gpu: gpu)
+        assert resolve_dequantize("auto", four_bit) == expected, (native, gpu)
+        assert resolve_dequantize("float32", four_bit) == "float32" and resolve_dequantize("none", four_bit) is None
+        assert all(resolve_dequantize(d, plain) is None for d in ("auto", "float32", "bfloat16"))  # not 4-bit

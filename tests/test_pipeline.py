@@ -100,6 +100,27 @@ def test_lora_param_change_reruns_only_downstream_stages(project):
     sh(project, "git", "commit", "-qm", "lora.r=4")
 
 
+@pytest.mark.slow
+def test_generate_split_validation_scores_validation_dialogues_and_leaves_training_alone(project):
+    """generate.split: validation (for choosing params without looking at test): the generate and evaluate
+    stages rerun on validation dialogues, each scored against its one summary; nothing upstream reruns."""
+    set_params(project, {"generate.split": "validation"})
+    out = dvc(project, "repro").stdout
+    assert ran_stages(out) == {"check_params", "generate_base", "generate_base_chat", "generate_finetuned",
+                               "evaluate"}, out
+    validation = [json.loads(x) for x in (project / "data/formatted/validation.jsonl").read_text().splitlines()]
+    for name in ("base", "base_chat", "finetuned"):
+        preds = [json.loads(x) for x in (project / f"data/predictions/{name}.jsonl").read_text().splitlines()]
+        assert [(p["id"], p["references"]) for p in preds] == [(r["id"], [r["summary"]]) for r in validation[:3]]
+    rouge = read_json(project / "metrics/rouge.json")
+    assert rouge["split"] == "validation" and rouge["num_dialogues"] == 3
+    assert rouge["finetuned"]["all_refs"] == rouge["finetuned"]["first_ref"]  # one reference each
+    assert "3 validation dialogues" in (project / "reports/evaluation.md").read_text()
+    sh(project, "git", "checkout", "--", ".")  # params, dvc.lock and the git-tracked metrics
+    dvc(project, "checkout")
+    assert read_json(project / "metrics/rouge.json")["split"] == "test"
+
+
 OUTPUTS = ["models/adapter/adapter_model.safetensors", "metrics/train.json", "metrics/rouge.json", "metrics/data.json",
            "plots/training/timing.json", "plots/training/plots/metrics/train/loss.tsv", "plots/training/loss.png",
            "data/predictions/finetuned.jsonl", "reports/evaluation.md", "plots/evaluation/rouge.png"]

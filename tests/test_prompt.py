@@ -1,5 +1,6 @@
 """One template renders the training prompt and the inference prompt identically."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -54,3 +55,33 @@ def test_template_saved_beside_adapter_round_trips(tmp_path):
     custom.save(tmp_path)
     assert PromptTemplate.load(tmp_path) == custom
     assert PromptTemplate.load(tmp_path) != DEFAULT
+
+
+@pytest.mark.slow
+def test_chat_style_travels_from_tokenize_to_the_adapter_and_generation(tmp_path, dialogsum_dir, tiny_llama_dir):
+    """format.prompt: chat through the real stages: the tokenize stage records the chat template style, the
+    adapter carries it, and each training row starts with the prompt generation builds from it."""
+    from project import set_params
+
+    from sumlora.generation import summary_prompts
+    from sumlora.modeling import load_tokenizer
+
+    proj = make_project(tmp_path / "chat", dialogsum_dir, tiny_llama_dir)
+    set_params(proj, {"format.prompt": "chat"})
+    dvc(proj, "repro", "train")
+    template = PromptTemplate.load(proj / "models/adapter")
+    assert template.style == "chat" and PromptTemplate.load(proj / "data/tokenized").style == "chat"
+    tok = load_tokenizer(proj / "models/base")
+    by_id = {r["id"]: r for r in map(json.loads, (proj / "data/formatted/train.jsonl").read_text().splitlines())}
+    rows = [json.loads(x) for x in (proj / "data/tokenized/train.jsonl").read_text().splitlines()]
+    prompts = summary_prompts(tok, template, [by_id[r["id"]]["dialogue"] for r in rows])
+    for row, prompt in zip(rows, prompts):
+        assert row["input_ids"][:len(prompt)] == prompt
+        assert tok.decode(prompt).endswith("<|im_end|>\n<|im_start|>assistant\n")
+        assert tok.decode(row["input_ids"][len(prompt):]) == by_id[row["id"]]["summary"].strip() + "<|im_end|>"
+
+
+def test_a_template_written_before_the_chat_style_loads_as_instruct(tmp_path):
+    old = {k: v for k, v in dataclasses.asdict(DEFAULT).items() if k not in ("style", "user_message")}
+    (tmp_path / "prompt_template.json").write_text(json.dumps(old))
+    assert PromptTemplate.load(tmp_path) == DEFAULT

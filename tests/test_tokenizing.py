@@ -59,3 +59,31 @@ def test_max_length_from_model_capped_by_param():
         max_length(2048, 4096)
     with pytest.raises(ValueError, match="no context length"):
         max_length(None, None)
+
+
+def test_chat_style_labels_cover_exactly_the_reply_and_its_end_of_turn(tiny_tokenizer):
+    """format.prompt: chat: the prompt is the chat template up to the assistant's turn (written out here by hand),
+    and the loss covers the summary and the end-of-turn token, not the newline the template writes after it."""
+    from sumlora.prompt import template_for
+
+    tok, chat = tiny_tokenizer, template_for("chat")
+    dialogue, summary = "#Person1#: Hi.\n#Person2#: Hello. ", " They greet. "
+    ex = encode_example(tok, chat, dialogue, summary)
+    prompt = encode_prompt(tok, chat, dialogue)
+    assert tok.decode(prompt) == ("<|im_start|>user\nSummarize the following conversation in one or two sentences."
+                                  "\n\n#Person1#: Hi.\n#Person2#: Hello.<|im_end|>\n<|im_start|>assistant\n")
+    assert ex["input_ids"][:len(prompt)] == prompt and ex["labels"][:len(prompt)] == [IGNORE_INDEX] * len(prompt)
+    reply = ex["input_ids"][len(prompt):]
+    assert ex["labels"][len(prompt):] == reply and tok.decode(reply) == "They greet.<|im_end|>"
+    assert reply[-1] == tok.eos_token_id
+
+
+def test_chat_style_needs_a_chat_template(tiny_tokenizer):
+    import copy
+
+    from sumlora.prompt import template_for
+
+    tok = copy.deepcopy(tiny_tokenizer)
+    tok.chat_template = None
+    with pytest.raises(ValueError, match="format.prompt: chat needs a tokenizer with a chat template"):
+        encode_example(tok, template_for("chat"), "A: x", "S.")

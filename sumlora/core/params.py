@@ -14,7 +14,6 @@ whole schema reads top to bottom in the order of the file it validates.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,10 @@ from sumlora.core.errors import ParamsError
 from sumlora.core.validate import build, read_yaml
 
 DTYPES = ("float32", "bfloat16", "float16")
+DEQUANTIZE = ("auto", "none", "float32", "bfloat16")
+PROMPT_STYLES = ("instruct", "chat")
+SELECT = ("last", "best")
+SPLITS = ("test", "validation")
 
 @dataclass
 class ModelParams:
@@ -51,10 +54,14 @@ class ModelParams:
 class FormatParams:
     max_train_rows: int | None = None
     max_validation_rows: int | None = None
+    prompt: str = "instruct"
 
     def check(self):
-        return [(k, f"must be >= 1 or null, got {v}") for k, v in dataclasses.asdict(self).items()
-                if v is not None and v < 1]
+        errs = [(k, f"must be >= 1 or null, got {getattr(self, k)}") for k in ("max_train_rows", "max_validation_rows")
+                if getattr(self, k) is not None and getattr(self, k) < 1]
+        if self.prompt not in PROMPT_STYLES:
+            errs.append(("prompt", f"must be one of {PROMPT_STYLES}, got {self.prompt!r}"))
+        return errs
 
 
 @dataclass
@@ -107,13 +114,16 @@ class TrainParams:
     group_by_length: bool = True
     eval_steps: int = 25
     save_steps: int = 25
+    eval_batch_size: int = 8
     max_eval_samples: int | None = 40
+    select: str = "last"
+    early_stopping_patience: int | None = None
     logging_steps: int = 5
 
     def check(self):
         errs = []
         for k in ("max_steps", "batch_size", "gradient_accumulation_steps", "eval_steps", "save_steps",
-                  "logging_steps"):
+                  "eval_batch_size", "logging_steps"):
             if getattr(self, k) < 1:
                 errs.append((k, f"must be >= 1, got {getattr(self, k)}"))
         if self.learning_rate <= 0:
@@ -123,6 +133,19 @@ class TrainParams:
                 errs.append((k, f"must be >= 0, got {getattr(self, k)}"))
         if self.max_eval_samples is not None and self.max_eval_samples < 1:
             errs.append(("max_eval_samples", f"must be >= 1 or null, got {self.max_eval_samples}"))
+        if self.select not in SELECT:
+            errs.append(("select", f"must be one of {SELECT}, got {self.select!r}"))
+        elif self.select == "best" and self.save_steps % self.eval_steps:
+            errs.append(("save_steps", f"must be a multiple of train.eval_steps ({self.eval_steps}) with "
+                         "train.select: best (a checkpoint is kept only where the validation loss was measured), "
+                         f"got {self.save_steps}"))
+        if self.early_stopping_patience is not None:
+            if self.early_stopping_patience < 1:
+                errs.append(("early_stopping_patience",
+                             f"must be >= 1 or null (off), got {self.early_stopping_patience}"))
+            elif self.select != "best":
+                errs.append(("early_stopping_patience", "needs train.select: best (stopping early, then keeping the "
+                             f"last checkpoint, keeps one that was already worse); got select {self.select!r}"))
         if self.optim not in OPTIMIZERS:
             errs.append(("optim", f"must be one of {OPTIMIZERS}, got {self.optim!r}"))
         if self.lr_scheduler not in SCHEDULERS:
@@ -135,14 +158,19 @@ class TrainParams:
 
 @dataclass
 class GenerateParams:
+    split: str = "test"
     num_dialogues: int | None = 100
     max_new_tokens: int = 80
-    batch_size: int = 16
-    dequantize: bool = False
+    batch_size: int = 8
+    dequantize: str = "auto"
 
     def check(self):
         errs = [(k, f"must be >= 1, got {getattr(self, k)}") for k in ("max_new_tokens", "batch_size")
                 if getattr(self, k) < 1]
+        if self.split not in SPLITS:
+            errs.append(("split", f"must be one of {SPLITS}, got {self.split!r}"))
+        if self.dequantize not in DEQUANTIZE:
+            errs.append(("dequantize", f"must be one of {DEQUANTIZE}, got {self.dequantize!r}"))
         if self.num_dialogues is not None and self.num_dialogues < 1:
             errs.append(("num_dialogues", f"must be >= 1 or null (all), got {self.num_dialogues}"))
         return errs

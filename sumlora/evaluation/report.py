@@ -22,7 +22,7 @@ def markdown_report(metrics: dict, rows: list[dict], dialogues: dict[str, str], 
     label = LABELS
     pct = int(round(metrics["confidence"] * 100))
     out = ["# Evaluation report", "",
-           f"{metrics['num_dialogues']} test dialogues. {metrics['scale']}.", "",
+           f"{metrics['num_dialogues']} {metrics.get('split', 'test')} dialogues. {metrics['scale']}.", "",
            f"Improvement = fine-tuned minus the stronger baseline, **{label[metrics['baseline']]}**, "
            f"with a paired bootstrap {pct}% interval ({metrics['bootstrap_samples']} resamples of the "
            "dialogues). The interval covers which test dialogues were drawn, not training randomness "

@@ -69,11 +69,12 @@ def train(params: Params, tokenized_dir, base_dir, checkpoints_dir, live_dir) ->
     args = training_arguments(tp, params.seed, params.model.compute_dtype, checkpoints_dir)
     live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None) if main else None
     trainer = trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                               data_collator=PadCollator(tok.pad_token_id), callbacks=callbacks(live))
+                               data_collator=PadCollator(tok.pad_token_id),
+                               callbacks=callbacks(live, tp.early_stopping_patience))
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     runtime = time.perf_counter() - start
-    final_eval = trainer.evaluate()  # every process takes part; only the main one gets results
+    final_eval = trainer.evaluate()  # of the adapter published; every process takes part, the main one gets it
     per_process = gather_object([{"rows": trainer.rows_trained, "tokens": trainer.tokens_trained,
                                   "padding": trainer.padding_trained}])
     if not main:
@@ -81,8 +82,12 @@ def train(params: Params, tokenized_dir, base_dir, checkpoints_dir, live_dir) ->
     live.end()
     history = trainer.state.log_history
     train_losses = [h["loss"] for h in history if "loss" in h]
+    steps = int(trainer.state.global_step)
+    best = trainer.state.best_global_step if tp.select == "best" else None
     metrics = {
-        "steps": int(trainer.state.global_step),
+        "steps": steps,
+        "chosen_step": int(best) if best else steps,  # the adapter published (train.select)
+        "stopped_early": steps < tp.max_steps,
         "train_loss_last": round(float(train_losses[-1]), 4) if train_losses else None,
         "eval_loss": round(float(final_eval["eval_loss"]), 4),
         "train_tokens": int(trainer.state.num_input_tokens_seen),

@@ -9,7 +9,8 @@ from sumlora.tokenizing import IGNORE_INDEX
 from sumlora.training.checkpoints import KEEP, mark_complete
 
 
-def summary_loss(model, inputs: dict, num_items_in_batch=None, head_on_labels: bool = True, mask_free: bool = True):
+def summary_loss(model, inputs: dict, num_items_in_batch=None, head_on_labels: bool = True, mask_free: bool = True,
+                 per_row: bool = False):
     """Next-token cross-entropy on the label tokens only, computing the LM head only where it is needed.
 
     The usual forward projects every position onto the vocabulary (B x T x V logits, 49k wide
@@ -19,6 +20,8 @@ def summary_loss(model, inputs: dict, num_items_in_batch=None, head_on_labels: b
     loss: summed over label tokens, divided by their count (``num_items_in_batch``, the count over
     the accumulated batches and processes when the Trainer supplies it). ``head_on_labels=False`` and
     ``mask_free=False`` switch the two savings off (the training benchmark's ablation measures each).
+    ``per_row``: the mean over rows of each row's mean loss per label token instead (the validation loss: the
+    Trainer averages batches weighted by their row count, so this one does not depend on the batch size).
     """
     labels, mask = inputs["labels"], inputs["attention_mask"]
     targets = labels[:, 1:]
@@ -31,6 +34,13 @@ def summary_loss(model, inputs: dict, num_items_in_batch=None, head_on_labels: b
                     logits_to_keep=keep if head_on_labels else 0, use_cache=False)
     logits = outputs.logits if head_on_labels else outputs.logits[keep]  # (label tokens, V), row-major order
     logits = logits.reshape(-1, logits.shape[-1])
+    if per_row:
+        token_loss = torch.nn.functional.cross_entropy(logits.float(), targets[targets != IGNORE_INDEX],
+                                                       reduction="none")
+        rows = keep.nonzero()[:, 0]  # the row of each label token, in the logits' row-major order
+        n = keep.sum(dim=1)
+        sums = torch.zeros(len(n), device=token_loss.device).index_add_(0, rows, token_loss)
+        return (sums[n > 0] / n[n > 0]).mean(), outputs
     loss = torch.nn.functional.cross_entropy(logits.float(), targets[targets != IGNORE_INDEX], reduction="sum")
     count = num_items_in_batch if num_items_in_batch is not None else keep.sum()
     return loss / count, outputs
@@ -54,7 +64,7 @@ def trainer_class():
                 real = int(inputs["attention_mask"].sum())
                 self.tokens_trained += real
                 self.padding_trained += inputs["attention_mask"].numel() - real
-            loss, outputs = summary_loss(model, inputs, num_items_in_batch)
+            loss, outputs = summary_loss(model, inputs, num_items_in_batch, per_row=not model.training)
             if (self.args.average_tokens_across_devices and num_items_in_batch is not None
                     and self.accelerator.num_processes > 1):
                 loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
@@ -63,10 +73,11 @@ def trainer_class():
     return SummaryLossTrainer
 
 
-def callbacks(live):
-    """The run's callbacks: dvclive loss curves (main process; ``live`` is None elsewhere) and checkpoint
-    completion markers. Not dvclive's own DVCLiveCallback: the curves go to a fresh directory that replaces
-    the old one whole at the end, so a resumed run must replay its log history so far into it (below)."""
+def callbacks(live, early_stopping_patience: int | None = None):
+    """The run's callbacks: dvclive loss curves (main process; ``live`` is None elsewhere), checkpoint
+    completion markers, and early stopping when ``early_stopping_patience`` is set. Not dvclive's own
+    DVCLiveCallback: the curves go to a fresh directory that replaces the old one whole at the end, so a resumed
+    run must replay its log history so far into it (below)."""
     from transformers import TrainerCallback
 
     names = {"loss": "train/loss", "eval_loss": "eval/loss", "learning_rate": "train/learning_rate",
@@ -99,7 +110,11 @@ def callbacks(live):
             if state.is_world_process_zero:
                 mark_complete(args.output_dir, state.global_step)
 
-    return [LiveCallback(), MarkComplete()]
+    if early_stopping_patience is None:
+        return [LiveCallback(), MarkComplete()]
+    from transformers import EarlyStoppingCallback
+
+    return [LiveCallback(), MarkComplete(), EarlyStoppingCallback(early_stopping_patience=early_stopping_patience)]
 
 
 def training_arguments(tp: TrainParams, seed: int, compute_dtype: str, output_dir, **overrides):
@@ -111,11 +126,12 @@ def training_arguments(tp: TrainParams, seed: int, compute_dtype: str, output_di
         output_dir=str(output_dir), max_steps=tp.max_steps, learning_rate=tp.learning_rate,
         lr_scheduler_type=tp.lr_scheduler, warmup_steps=tp.warmup_steps, weight_decay=tp.weight_decay,
         max_grad_norm=tp.max_grad_norm, per_device_train_batch_size=tp.batch_size,
-        per_device_eval_batch_size=tp.batch_size, gradient_accumulation_steps=tp.gradient_accumulation_steps,
+        per_device_eval_batch_size=tp.eval_batch_size, gradient_accumulation_steps=tp.gradient_accumulation_steps,
         # group_by_length: the dataset comes in length_grouped_order already, so read it in sequence
         optim=tp.optim, train_sampling_strategy="sequential" if tp.group_by_length else "random",
         eval_strategy="steps", eval_steps=tp.eval_steps, save_strategy="steps", save_steps=tp.save_steps,
-        save_total_limit=KEEP,
+        save_total_limit=KEEP,  # with select: best, the Trainer also keeps the best checkpoint
+        load_best_model_at_end=tp.select == "best", metric_for_best_model="eval_loss", greater_is_better=False,
         logging_steps=tp.logging_steps, seed=seed, data_seed=seed, report_to="none",
         activation_checkpointing=tp.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if tp.gradient_checkpointing else None,

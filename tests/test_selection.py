@@ -1,0 +1,76 @@
+"""Which adapter a run publishes: the last step, or the checkpoint with the lowest validation loss
+(``train.select``), early stopping, and the evaluation batch size."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+from sumlora.convert import materialize_base
+from sumlora.core.params import load_params
+
+
+@pytest.fixture(scope="module")
+def tokenized(tmp_path_factory, tiny_llama_dir, dialogsum_dir):
+    """The format and tokenize stages, run as the pipeline runs them, for the tiny Llama."""
+    from project import env, write_rows
+
+    root = tmp_path_factory.mktemp("selection")
+    materialize_base(str(tiny_llama_dir), root / "base")
+    (root / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    write_rows(dialogsum_dir, root / "raw", {"train": 24, "validation": 4, "test": 2})
+    e = {**env(), "PYTHONPATH": os.pathsep.join([str(ROOT), env()["PYTHONPATH"]])}
+    for cmd in (["stages.format_data", "raw", "formatted"],
+                ["stages.tokenize_data", "formatted", "base", "tokenized", "data.json"]):
+        subprocess.run([sys.executable, "-m", *cmd], cwd=root, env=e, check=True, capture_output=True)
+    return root
+
+
+def run(tokenized, tmp_path, **train):
+    from sumlora.training.run import train as train_run
+
+    params = load_params(ROOT / "params.yaml")
+    for k, v in {"max_steps": 6, "learning_rate": 0.3, "lr_scheduler": "constant", "warmup_steps": 0,
+                 "eval_steps": 1, "save_steps": 1, "logging_steps": 1, "batch_size": 2,
+                 "gradient_accumulation_steps": 1, "max_eval_samples": 4, **train}.items():
+        setattr(params.train, k, v)
+    result = train_run(params, tokenized / "tokenized", tokenized / "base", tmp_path / "ckpt", tmp_path / "live")
+    history = result.log_history
+    end = next(i for i, h in enumerate(history) if "train_loss" in h)  # the evaluations while training
+    return result.metrics, {h["step"]: h["eval_loss"] for h in history[:end] if "eval_loss" in h}
+
+
+def test_select_best_publishes_the_checkpoint_with_the_lowest_validation_loss(tokenized, tmp_path):
+    metrics, evals = run(tokenized, tmp_path, select="best")
+    best = min(evals, key=evals.get)
+    assert best != max(evals), evals  # the case the lever is for: the last step is not the best
+    assert metrics["steps"] == 6 and metrics["chosen_step"] == best and not metrics["stopped_early"]
+    # the published model is the best checkpoint's: its validation loss, measured again, is the best one
+    assert metrics["eval_loss"] == pytest.approx(evals[best], abs=1e-3)
+
+
+def test_select_last_publishes_the_last_step(tokenized, tmp_path):
+    metrics, evals = run(tokenized, tmp_path, select="last")
+    assert metrics["chosen_step"] == metrics["steps"] == 6
+    assert metrics["eval_loss"] == pytest.approx(evals[6], abs=1e-3)
+
+
+def test_early_stopping_stops_after_patience_evaluations_without_improvement(tokenized, tmp_path):
+    metrics, evals = run(tokenized, tmp_path, select="best", early_stopping_patience=2)
+    best = min(evals, key=evals.get)
+    assert metrics["stopped_early"] and metrics["steps"] == best + 2 < 6, evals
+    assert metrics["chosen_step"] == best and metrics["eval_loss"] == pytest.approx(evals[best], abs=1e-3)
+
+
+def test_the_eval_batch_size_sets_the_evaluation_batches_and_not_the_loss(tokenized, tmp_path):
+    """Forward-only evaluation in batches of train.eval_batch_size: padding must not change the loss."""
+    from sumlora.training.trainer import training_arguments
+
+    params = load_params(ROOT / "params.yaml")
+    params.train.eval_batch_size = 4
+    args = training_arguments(params.train, 0, "float32", tmp_path / "out")
+    assert args.per_device_eval_batch_size == 4 and args.per_device_train_batch_size == params.train.batch_size
+    losses = [run(tokenized, tmp_path / str(b), max_steps=1, eval_batch_size=b)[0]["eval_loss"] for b in (1, 4)]
+    assert losses[0] == pytest.approx(losses[1], abs=2e-3)
