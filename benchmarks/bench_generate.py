@@ -59,7 +59,11 @@ def arm(args) -> dict:
         summaries = []
         with torch.inference_mode():
             for d in dialogues:
-                inputs = tok(template.render_prompt(d), return_tensors="pt").to(device())
+                if template.chat:  # what a user of a chat model calls
+                    inputs = tok.apply_chat_template(template.user_turn(d), add_generation_prompt=True,
+                                                     return_tensors="pt", return_dict=True).to(device())
+                else:
+                    inputs = tok(template.render_prompt(d), return_tensors="pt").to(device())
                 assert inputs["input_ids"][0].tolist() == encode_prompt(tok, template, d)  # the same prompt
                 out = model.generate(**inputs, max_new_tokens=args.new_tokens, do_sample=False,
                                      pad_token_id=tok.pad_token_id)
