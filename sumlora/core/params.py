@@ -114,7 +114,7 @@ class TrainParams:
     group_by_length: bool = True
     eval_steps: int = 25
     save_steps: int = 25
-    eval_batch_size: int = 8
+    eval_batch_size: int = 2
     max_eval_samples: int | None = 40
     select: str = "last"
     early_stopping_patience: int | None = None
