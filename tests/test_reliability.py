@@ -39,7 +39,10 @@ def complete_checkpoints(proj: Path) -> dict[int, int]:
 
 
 def start_training(proj: Path) -> subprocess.Popen:
-    proc = subprocess.Popen(TRAIN, cwd=proj, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # SIGINT at its default, so that Python turns it into KeyboardInterrupt, even where this test process was
+    # started with SIGINT ignored (a background job of a non-interactive shell is), which the child would inherit
+    proc = subprocess.Popen(TRAIN, cwd=proj, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     proc.checkpoints_before = complete_checkpoints(proj)  # an earlier run's, which this one may clear
     return proc
 
