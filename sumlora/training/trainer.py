@@ -65,9 +65,11 @@ def trainer_class():
                 self.tokens_trained += real
                 self.padding_trained += inputs["attention_mask"].numel() - real
             loss, outputs = summary_loss(model, inputs, num_items_in_batch, per_row=not model.training)
-            if (self.args.average_tokens_across_devices and num_items_in_batch is not None
+            if (model.training and self.args.average_tokens_across_devices and num_items_in_batch is not None
                     and self.accelerator.num_processes > 1):
-                loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
+                # DDP averages gradients over processes, and num_items_in_batch counts all of theirs. Not in
+                # evaluation: its loss is per row, and the processes' losses are gathered, not averaged.
+                loss = loss * self.accelerator.num_processes
             return (loss, outputs) if return_outputs else loss
 
     return SummaryLossTrainer
