@@ -18,9 +18,12 @@ def main(argv: list[str]) -> None:
     args = ap.parse_args(argv)
     params = load_params()
     with atomic.output_dir(args.out_dir) as tmp:
-        info = materialize_base(params.model.name, tmp, params.model.trust_remote_code)
-    print(f"base model {info['source']!r}: {info['model_type']}, {info['parameters']:,} parameters, "
-          f"context {info['max_positions']}")
+        info = materialize_base(params.model.name, tmp, params.model.trust_remote_code, params.model.revision)
+    at = f" at revision {info['revision']}" if info.get("revision") else ""
+    print(f"base model {info['source']!r}{at}: {info['model_type']}, {info['parameters']:,} parameters "
+          f"({info['dtype']}), context {info['max_positions']}")
+    if "description" in info:
+        print(info["description"])
 
 
 if __name__ == "__main__":

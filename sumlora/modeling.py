@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from sumlora.core import atomic
+from sumlora.core import atomic, device
 from sumlora.core.errors import ModelError
 from sumlora.core.params import ModelParams
 
@@ -37,7 +37,8 @@ def model_max_positions(config) -> int | None:
 
 
 def compute_dtype(params: ModelParams) -> torch.dtype:
-    return getattr(torch, params.compute_dtype)
+    """The dtype of the matmuls (``model.compute_dtype``, ``auto`` resolved for this machine)."""
+    return getattr(torch, device.resolve_compute_dtype(params.compute_dtype))
 
 
 def bnb_config(params: ModelParams):
@@ -48,8 +49,7 @@ def bnb_config(params: ModelParams):
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=params.quant_type,
                               bnb_4bit_use_double_quant=params.double_quant,
-                              bnb_4bit_compute_dtype=compute_dtype(params),
-                              bnb_4bit_quant_storage=getattr(torch, params.quant_storage))
+                              bnb_4bit_compute_dtype=compute_dtype(params))
 
 
 def read_base_info(base_dir: str | Path) -> dict:
@@ -169,12 +169,7 @@ def resolve_dequantize(dequantize: str, params: ModelParams) -> str | None:
         return None
     if dequantize != "auto":
         return dequantize
-    return "bfloat16" if not torch.cuda.is_available() and cpu_has_native_bf16() else None
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU runs bfloat16 matmuls natively (oneDNN's check: AVX512-BF16, AMX or similar)."""
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return "bfloat16" if not torch.cuda.is_available() and device.cpu_has_native_bf16() else None
 
 
 def check_adapter(adapter_dir: str | Path, base_dir: str | Path) -> None:

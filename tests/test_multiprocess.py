@@ -4,6 +4,7 @@ import csv
 import json
 
 import pytest
+import torch
 from project import dvc, make_project, set_params, sh
 
 pytestmark = pytest.mark.slow
@@ -30,6 +31,8 @@ def test_train_stage_under_accelerate_launch_two_processes(tmp_path, dialogsum_d
     assert timing["processes"] == 2
     assert timing["rows_per_process"] == [4, 4]  # each process trained on its own share...
     assert timing["rows_seen_by_several_processes"] == 0  # ...and no row went to both
+    # what it ran on (python -m sumlora.doctor --json), and the dtype model.compute_dtype: auto resolved to
+    assert timing["environment"]["packages"]["torch"] == torch.__version__ and timing["compute_dtype"] == "float32"
     metrics = json.loads((proj / "metrics/train.json").read_text())
     assert metrics["steps"] == 2
 

@@ -30,23 +30,27 @@ SPLITS = ("test", "validation")
 @dataclass
 class ModelParams:
     name: str = "embedded"
+    revision: str | None = None
     trust_remote_code: bool = False
     load_in_4bit: bool = True
     quant_type: str = "nf4"
     double_quant: bool = True
-    compute_dtype: str = "float32"
-    quant_storage: str = "uint8"
+    compute_dtype: str = "auto"
 
     def check(self) -> list[tuple[str, str]]:
         errs = []
-        if self.quant_storage not in ("uint8",) + DTYPES:
-            errs.append(("quant_storage", f"must be 'uint8' or one of {DTYPES}, got {self.quant_storage!r}"))
         if not self.name.strip():
             errs.append(("name", "must not be empty"))
+        if self.revision is not None and not self.revision.strip():
+            errs.append(("revision", "must be a branch, tag or commit of the hub model, or null"))
+        elif self.revision is not None and (self.name == "embedded" or Path(self.name).exists()):
+            kind = "the embedded model" if self.name == "embedded" else "a local directory"
+            errs.append(("revision", f"pins a Hugging Face hub id, but model.name {self.name!r} is {kind}; "
+                         f"set it to null (got {self.revision!r})"))
         if self.quant_type not in ("nf4", "fp4"):
             errs.append(("quant_type", f"must be 'nf4' or 'fp4', got {self.quant_type!r}"))
-        if self.compute_dtype not in DTYPES:
-            errs.append(("compute_dtype", f"must be one of {DTYPES}, got {self.compute_dtype!r}"))
+        if self.compute_dtype not in ("auto",) + DTYPES:
+            errs.append(("compute_dtype", f"must be 'auto' or one of {DTYPES}, got {self.compute_dtype!r}"))
         return errs
 
 
@@ -213,12 +217,11 @@ class Params:
 
 def cross_checks(p: Params) -> list[str]:
     """Problems that involve several sections or the machine."""
-    import torch
+    from sumlora.core.device import compute_dtype_problem
 
     errs = []
-    if p.model.load_in_4bit and p.model.compute_dtype == "float16" and not torch.cuda.is_available():
-        errs.append("model.compute_dtype: float16 4-bit matmuls need a CUDA GPU; none is available "
-                    "(use float32 on CPU)")
+    if problem := compute_dtype_problem(p.model.compute_dtype, p.model.load_in_4bit):
+        errs.append(problem)
     if p.train.optim.endswith("8bit") and not _has_bitsandbytes():
         errs.append(f"train.optim: {p.train.optim} needs bitsandbytes, which is not installed")
     if p.model.load_in_4bit and not _has_bitsandbytes():

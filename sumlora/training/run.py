@@ -7,13 +7,16 @@ into the directory the stage names (it moves it into place whole at the end).
 
 from __future__ import annotations
 
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from sumlora.core.cli import peak_rss_mb
+from sumlora.core.device import environment, resolve_compute_dtype
+from sumlora.core.errors import ModelError
 from sumlora.core.params import Params
 from sumlora.lora import prepare_qlora_model
 from sumlora.modeling import base_identity
@@ -44,6 +47,10 @@ def train(params: Params, tokenized_dir, base_dir, checkpoints_dir, live_dir) ->
     from dvclive import Live
     from transformers import set_seed
 
+    refuse_sharding()
+    # auto resolved once: the fingerprint (so a resume never mixes dtypes) and the Trainer see the dtype used
+    dtype = resolve_compute_dtype(params.model.compute_dtype)
+    params = replace(params, model=replace(params.model, compute_dtype=dtype))
     tp = params.train
     set_seed(params.seed)
     tokenized_dir = Path(tokenized_dir)
@@ -107,9 +114,23 @@ def train(params: Params, tokenized_dir, base_dir, checkpoints_dir, live_dir) ->
               "padding_fraction": round(sum(p["padding"] for p in per_process)
                                         / max(1, sum(p["padding"] for p in per_process) + tokens), 4),
               "real_tokens_per_s": round(tokens / runtime, 1),
-              "peak_rss_mb": peak_rss_mb()}
+              "peak_rss_mb": peak_rss_mb(),
+              "compute_dtype": params.model.compute_dtype,
+              "environment": environment()}  # python -m sumlora.doctor --json
     return TrainResult(main=True, model=model, tokenizer=tok, base_sha256=base_sha256, fingerprint=fingerprint,
                        metrics=metrics, timing=timing, log_history=history)
+
+
+def refuse_sharding() -> None:
+    """Refuse a launch with FSDP or DeepSpeed (``accelerate launch`` with such a config): this stage trains
+    data-parallel only. Sharded QLoRA needs what it does not do: the base loaded once and sharded instead of
+    whole onto every device, float 4-bit storage (``bnb_4bit_quant_storage``) kept un-upcast by
+    ``prepare_model_for_kbit_training``, and a full state dict gathered before the adapter is saved."""
+    for env, what in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
+        if os.environ.get(env, "false").lower() in ("1", "true"):
+            raise ModelError(f"launched with {what} ({env}=true): the train stage trains data-parallel only, one "
+                             "whole 4-bit base per device; launch it with accelerate launch --multi_gpu instead "
+                             "(README: Scaling past one device)")
 
 
 def end_processes() -> None:
