@@ -6,7 +6,7 @@
 #   bash benchmarks/gpu.sh [OUT_DIR]            # default benchmarks/results/gpu
 #   SIZE=tiny-phi bash benchmarks/gpu.sh OUT    # a toy-size model: the CPU smoke test the tests run
 #
-# Env: DATA (DialogSum JSONL dir, default ../shared/dialogsum), PYTHON (default .venv/bin/python),
+# Env: MODEL (a model directory to use instead of building one), DATA (DialogSum JSONL dir, default ../shared/dialogsum), PYTHON (default .venv/bin/python),
 # STEPS (optimizer steps per training arm, default 10), DIALOGUES (default 32), NEW_TOKENS (default 100),
 # REPEATS (interleaved runs of each arm, default 3).
 set -euo pipefail
@@ -18,8 +18,12 @@ DATA=${DATA:-../shared/dialogsum}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 mkdir -p "$OUT"
 "$PY" -c 'import torch; print("device:", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")' | tee "$OUT/device.txt"
-"$PY" -m benchmarks.common random-model "$SIZE" "$OUT/model" ${TOKENIZER:+"$TOKENIZER"}
-"$PY" -m benchmarks.bench_train --base "$OUT/model" --data "$DATA" --steps "${STEPS:-10}" --eval-rows 8 --repeats "${REPEATS:-3}" \
+MODEL=${MODEL:-}  # an existing model directory (scripts/gpu_check.sh passes the one it built); else one is built
+if [ -z "$MODEL" ]; then
+  MODEL="$OUT/model"
+  "$PY" -m benchmarks.common random-model "$SIZE" "$MODEL" ${TOKENIZER:+"$TOKENIZER"}
+fi
+"$PY" -m benchmarks.bench_train --base "$MODEL" --data "$DATA" --steps "${STEPS:-10}" --eval-rows 8 --repeats "${REPEATS:-3}" \
   --json "$OUT/train.json" | tee "$OUT/train.md"
-"$PY" -m benchmarks.bench_generate --base "$OUT/model" --adapter '' --data "$DATA" --dialogues "${DIALOGUES:-32}" --new-tokens "${NEW_TOKENS:-100}" --repeats "${REPEATS:-3}" \
+"$PY" -m benchmarks.bench_generate --base "$MODEL" --adapter '' --data "$DATA" --dialogues "${DIALOGUES:-32}" --new-tokens "${NEW_TOKENS:-100}" --repeats "${REPEATS:-3}" \
   --json "$OUT/generate.json" | tee "$OUT/generate.md"
