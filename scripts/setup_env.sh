@@ -26,6 +26,12 @@ if [ "$MODE" = --gpu ]; then
     TORCH=$(sed -n 's/^torch==//p' requirements.txt)
     echo "torch $TORCH here is a CPU-only build; installing the CUDA build from ${TORCH_INDEX_URL:-https://pypi.org/simple}"
     "${PIP[@]}" --force-reinstall --index-url "${TORCH_INDEX_URL:-https://pypi.org/simple}" -c requirements.lock "torch==$TORCH"
+    if [ "$(.venv/bin/python -c 'import torch; print(torch.version.cuda or "")')" = "" ]; then
+      echo "error: pip installed a CPU-only torch again ($(.venv/bin/python -c 'import torch; print(torch.__version__)')):" \
+           "this pip's configuration (pip config list: find-links, extra-index-url) serves one; set TORCH_INDEX_URL" \
+           "to an index that serves the CUDA build, or change that configuration" >&2
+      exit 1
+    fi
   fi
   .venv/bin/python -m sumlora.doctor --require-cuda
 fi
