@@ -39,6 +39,7 @@ DEQUANTIZE = {"dequantized": "float32", "batched_dequantized": "float32", "batch
 def arm(args) -> dict:
     import torch
 
+    from sumlora.core.device import resolve_compute_dtype
     from sumlora.core.params import load_params
     from sumlora.generation import generate_summaries
     from sumlora.modeling import load_model_and_tokenizer, resolve_dequantize
@@ -46,7 +47,7 @@ def arm(args) -> dict:
     from sumlora.tokenizing import encode_prompt
 
     params = load_params(args.params)
-    params.model.compute_dtype = "bfloat16" if device() == "cuda" else "float32"
+    params.model.compute_dtype = resolve_compute_dtype("auto")  # bf16 on GPUs that have it natively, fp16 on older
     dequantize_to = resolve_dequantize(DEQUANTIZE.get(args.arm, "none"), params.model)
     model, tok = load_model_and_tokenizer(args.base, params.model, args.adapter, dequantize_to)
     template = PromptTemplate.load(args.adapter) if args.adapter else DEFAULT

@@ -82,6 +82,7 @@ def arm(args) -> dict:
     from datasets import Dataset
     from transformers import DataCollatorForLanguageModeling, Trainer
 
+    from sumlora.core.device import resolve_compute_dtype
     from sumlora.core.params import load_params
     from sumlora.lora import prepare_qlora_model
     from sumlora.prompt import DEFAULT
@@ -90,7 +91,7 @@ def arm(args) -> dict:
     from sumlora.training.trainer import summary_loss, trainer_class, training_arguments
 
     params = load_params(args.params)
-    params.model.compute_dtype = "bfloat16" if device() == "cuda" else "float32"
+    params.model.compute_dtype = resolve_compute_dtype("auto")  # bf16 on GPUs that have it natively, fp16 on older
     tp = params.train
     tp.max_steps, tp.warmup_steps = args.steps, 0
     on = levers(args.arm)
