@@ -62,6 +62,10 @@ def test_same_predictions_same_numbers_and_report():
     report = markdown_report(m1, r1, dict(zip(IDS, ["dialogue zero", "d one", "d two", "d three"])), 2)
     assert "| rougeL |" in report and "[95% CI]" in report and "dialogue zero" in report
     assert "Biggest wins" in report and "Biggest losses" in report
+    assert "which test dialogues were drawn" in report and "validation" not in report
+    validation = markdown_report({**m1, "split": "validation"}, r1, dict(zip(IDS, ["d0", "d1", "d2", "d3"])), 2)
+    assert "4 validation dialogues." in validation and "which validation dialogues were drawn" in validation
+    assert "test" not in validation.split("## ")[0]  # the header says nothing of a test split
 
 
 def test_report_keeps_each_prediction_on_one_line():

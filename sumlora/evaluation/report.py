@@ -25,7 +25,8 @@ def markdown_report(metrics: dict, rows: list[dict], dialogues: dict[str, str], 
            f"{metrics['num_dialogues']} {metrics.get('split', 'test')} dialogues. {metrics['scale']}.", "",
            f"Improvement = fine-tuned minus the stronger baseline, **{label[metrics['baseline']]}**, "
            f"with a paired bootstrap {pct}% interval ({metrics['bootstrap_samples']} resamples of the "
-           "dialogues). The interval covers which test dialogues were drawn, not training randomness "
+           f"dialogues). The interval covers which {metrics.get('split', 'test')} dialogues were drawn, not "
+           "training randomness "
            "(another seed trains another adapter): an interval that excludes 0 says the gain of *this* "
            "adapter is unlikely to be an accident of the dialogues drawn.", ""]
     titles = {"all_refs": "Against all references", "first_ref": "Against the first reference",
@@ -72,7 +73,8 @@ def rouge_bars(metrics: dict, path: str | Path, scoring: str = "all_refs") -> No
         ax.bar_label(bars, fmt="%.1f", fontsize=7)
     ax.set_xticks(range(len(types)), types)
     ax.set_ylabel("F1 x100")
-    ax.set_title(f"ROUGE on {metrics['num_dialogues']} test dialogues ({scoring.replace('_', ' ')})")
+    ax.set_title(f"ROUGE on {metrics['num_dialogues']} {metrics.get('split', 'test')} dialogues "
+                 f"({scoring.replace('_', ' ')})")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     save_png(fig, Path(path))
