@@ -268,3 +268,15 @@ def test_queued_sweep_runs_every_combination_and_exp_show_compares_them(project)
     # LoRA rank shows in the trainable parameter count: the two runs really differed
     assert (sweep[3]["metrics"]["metrics/train.json"]["data"]["trainable_params"]
             < sweep[5]["metrics"]["metrics/train.json"]["data"]["trainable_params"])
+    # the sweep report reads the real `dvc exp show --json`: both experiments, ranked by ROUGE-L, lora.r a column
+    sh(project, "python", "-m", "sumlora.sweep_report", "--out", "sweep")
+    table = [[c.strip() for c in line.strip("|").split("|")]
+             for line in (project / "sweep/sweep.md").read_text().splitlines() if line.startswith("| ")]
+    col = table[0].index("lora.r")
+    score = {r: d["metrics"]["metrics/rouge.json"]["data"]["finetuned"]["all_refs"]["rougeL"]
+             for r, d in sweep.items()}
+    listed = [int(row[col]) for row in table[1:] if row[col] in ("3", "5")]
+    assert sorted(listed) == [3, 5]
+    if score[3] != score[5]:  # a tie may list them either way
+        assert listed == sorted(score, key=lambda r: -score[r]), (listed, score)
+    assert (project / "sweep/sweep.png").is_file()

@@ -1,0 +1,150 @@
+"""Rank a sweep's experiments: a Markdown table and a PNG of the metric against each swept param.
+
+    python -m sumlora.sweep_report                          # reads `dvc exp show --json` here
+    python -m sumlora.sweep_report --metric rougeL --scoring all_refs --out reports/sweep
+    python -m sumlora.sweep_report --exp-show exp.json      # from a saved `dvc exp show --json`
+
+Every experiment with ROUGE metrics is a row (the workspace row is left out; commits' own rows are
+kept, named by their branch or short hash), ranked by the fine-tuned model's ROUGE. Swept params are
+those whose values differ between the rows. Each row shows the gain over the stronger baseline with
+its paired bootstrap interval (``metrics/rouge.json``'s ``improvement``), the interval DVC's own
+tables cannot show. Rows scored on different splits are not comparable: the split is a column, and
+the ranking is per split (validation first). Writes ``OUT/sweep.md`` and ``OUT/sweep.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from sumlora.core import atomic, cli
+from sumlora.core.errors import SumloraError
+from sumlora.figures import pyplot, save_png
+from sumlora.params import flatten
+
+ROUGE = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+SCORINGS = ("all_refs", "first_ref", "all_refs_tags_normalised")
+
+
+def runs(exp_show: list) -> list[dict]:
+    """One dict per experiment or commit of ``dvc exp show --json`` that has ROUGE metrics: name, rev,
+    flattened params, rouge.json and train.json."""
+    found = []
+
+    def add(entry: dict, name: str | None) -> None:
+        data = entry.get("data") or {}
+        rouge = ((data.get("metrics") or {}).get("metrics/rouge.json") or {}).get("data")
+        if data.get("rev") == "workspace" or not rouge:
+            return
+        params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
+        train = ((data.get("metrics") or {}).get("metrics/train.json") or {}).get("data") or {}
+        found.append({"name": name or data["rev"][:7], "rev": data["rev"], "params": flatten(params),
+                      "rouge": rouge, "train": train})
+
+    for commit in exp_show:
+        add(commit, commit.get("name") or (commit.get("data") or {}).get("meta", {}).get("name"))
+        for exp in commit.get("experiments") or []:
+            for rev in exp.get("revs") or []:
+                add(rev, rev.get("name"))
+    return found
+
+
+def swept(rows: list[dict]) -> list[str]:
+    """The params whose values differ between the rows (``generate.split`` aside: it is its own column)."""
+    keys = sorted({k for r in rows for k in r["params"]})
+    return [k for k in keys if k != "generate.split"
+            and len({json.dumps(r["params"].get(k), sort_keys=True) for r in rows}) > 1]
+
+
+def ranked(rows: list[dict], scoring: str, metric: str) -> list[dict]:
+    """Validation rows first, then test, each ranked by the fine-tuned model's score, best first."""
+    order = {"validation": 0, "test": 1}
+    return sorted(rows, key=lambda r: (order.get(r["rouge"].get("split", "test"), 2),
+                                       -r["rouge"]["finetuned"][scoring][metric]))
+
+
+def markdown(rows: list[dict], scoring: str, metric: str) -> str:
+    params = swept(rows)
+    pct = int(round(rows[0]["rouge"]["confidence"] * 100)) if rows else 95
+    head = (["rank", "experiment", "split", *params, f"fine-tuned {metric}", f"gain over baseline [{pct}% CI]",
+             "baseline", "chosen step"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---:" if h.startswith(("rank", "fine", "gain", "chosen"))
+                                                            else "---" for h in head) + "|"]
+    rank, split = 0, None
+    for r in ranked(rows, scoring, metric):
+        rouge = r["rouge"]
+        rank = 1 if rouge.get("split", "test") != split else rank + 1
+        split = rouge.get("split", "test")
+        imp = rouge["improvement"][scoring][metric]
+        cells = [str(rank), r["name"], split, *(_cell(r["params"].get(k)) for k in params),
+                 f"{rouge['finetuned'][scoring][metric]:.2f}",
+                 f"{imp['diff']:+.2f} [{imp['ci_low']:+.2f}, {imp['ci_high']:+.2f}]",
+                 rouge.get("baseline", ""), str(r["train"].get("chosen_step", r["train"].get("steps", "")))]
+        lines.append("| " + " | ".join(cells) + " |")
+    n = {r["rouge"].get("num_dialogues") for r in rows}
+    note = (f"ROUGE F1 x100 ({scoring.replace('_', ' ')}), {'/'.join(str(x) for x in sorted(n))} dialogues per "
+            "row; gain = fine-tuned minus the stronger baseline, paired bootstrap interval over the dialogues "
+            "(it does not cover seed variation); ranked within each split.")
+    return f"# Sweep: {metric}\n\n{note}\n\n" + "\n".join(lines) + "\n"
+
+
+def _cell(v) -> str:
+    return json.dumps(v) if isinstance(v, (list, dict)) or v is None else str(v)
+
+
+def figure(rows: list[dict], scoring: str, metric: str, path: Path) -> None:
+    """The gain over the baseline (with its interval) against each swept param, one panel per param;
+    validation and test rows in different colours."""
+    params = swept(rows) or ["experiment"]
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(params), figsize=(3.6 * len(params), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], params):
+        for split, color in (("validation", "tab:blue"), ("test", "tab:orange")):
+            mine = [r for r in rows if r["rouge"].get("split", "test") == split]
+            if not mine:
+                continue
+            xs = [_cell(r["params"].get(key)) if key != "experiment" else r["name"] for r in mine]
+            imp = [r["rouge"]["improvement"][scoring][metric] for r in mine]
+            ys = [i["diff"] for i in imp]
+            err = [[i["diff"] - i["ci_low"] for i in imp], [i["ci_high"] - i["diff"] for i in imp]]
+            ax.errorbar(xs, ys, yerr=err, fmt="o", color=color, capsize=3, label=split)
+        ax.set_xlabel(key)
+        ax.tick_params(axis="x", labelrotation=30)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"{metric} gain over baseline")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"Sweep: fine-tuned minus baseline {metric} ({scoring.replace('_', ' ')}), with intervals",
+                 fontsize=9)
+    save_png(fig, path)
+    plt.close(fig)
+
+
+def main(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--metric", choices=ROUGE, default="rougeL")
+    ap.add_argument("--scoring", choices=SCORINGS, default="all_refs")
+    ap.add_argument("--exp-show", type=Path, help="a saved `dvc exp show --json` (default: run it here)")
+    ap.add_argument("--out", type=Path, default=Path("reports/sweep"))
+    args = ap.parse_args(argv)
+    if args.exp_show:
+        text = args.exp_show.read_text()
+    else:
+        proc = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], capture_output=True, text=True)
+        if proc.returncode:
+            raise SumloraError(f"dvc exp show --json failed here: {proc.stderr.strip()[-500:]}")
+        text = proc.stdout
+    rows = runs(json.loads(text))
+    if not rows:
+        raise SumloraError("no experiment or commit with metrics/rouge.json in `dvc exp show` (run some first)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = markdown(rows, args.scoring, args.metric)
+    atomic.write_text(args.out / "sweep.md", report)
+    figure(rows, args.scoring, args.metric, args.out / "sweep.png")
+    print(report + f"\nwritten: {args.out / 'sweep.md'}, {args.out / 'sweep.png'}")
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,59 @@
+"""The sweep report on a `dvc exp show --json` shaped as DVC 3 writes it (the layout checked against a real
+one; tests/test_pipeline.py runs it on a real queued sweep)."""
+
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def rouge(split, rougeL, diff, low, high):
+    scores = {"all_refs": {"rouge1": rougeL + 7, "rouge2": 1.0, "rougeL": rougeL, "rougeLsum": rougeL + 1}}
+    return {"split": split, "num_dialogues": 100, "confidence": 0.95, "baseline": "base_chat",
+            "finetuned": scores,
+            "improvement": {"all_refs": {"rougeL": {"diff": diff, "ci_low": low, "ci_high": high}}}}
+
+
+def rev(rev, name, r, lr, split, rougeL, diff):
+    params = {"seed": 42, "lora": {"r": r}, "train": {"learning_rate": lr}, "generate": {"split": split}}
+    return {"rev": rev, "name": name, "data": {
+        "rev": rev, "params": {"params.yaml": {"data": params}},
+        "metrics": {"metrics/rouge.json": {"data": rouge(split, rougeL, diff, diff - 2, diff + 3)},
+                    "metrics/train.json": {"data": {"steps": 100, "chosen_step": 75}}}}}
+
+
+EXP_SHOW = [
+    {"rev": "workspace", "name": None, "error": None, "experiments": None,
+     **{k: v for k, v in rev("workspace", None, 16, 3e-4, "test", 99.0, 1.0).items() if k == "data"}},
+    {**rev("a" * 40, "main", 16, 3e-4, "test", 35.94, 18.18), "experiments": [
+        {"revs": [rev("b" * 40, "r8", 8, 3e-4, "validation", 30.5, 12.0)]},
+        {"revs": [rev("c" * 40, "r32", 32, 3e-4, "validation", 31.4, 13.77)]},
+        {"revs": [rev("d" * 40, "lr6", 16, 6e-4, "validation", 29.0, 11.5)]}]},
+]
+
+
+def test_the_report_ranks_within_each_split_and_shows_swept_params_and_intervals(tmp_path):
+    (tmp_path / "exp.json").write_text(json.dumps(EXP_SHOW))
+    subprocess.run([sys.executable, "-m", "sumlora.sweep_report", "--exp-show", str(tmp_path / "exp.json"),
+                    "--out", str(tmp_path / "out")], cwd=ROOT, check=True, capture_output=True)
+    md = (tmp_path / "out/sweep.md").read_text()
+    table = [line for line in md.splitlines() if line.startswith("| ")]
+    assert table[0] == ("| rank | experiment | split | lora.r | train.learning_rate | fine-tuned rougeL "
+                        "| gain over baseline [95% CI] | baseline | chosen step |")  # seed did not vary: no column
+    assert table[1:] == [
+        "| 1 | r32 | validation | 32 | 0.0003 | 31.40 | +13.77 [+11.77, +16.77] | base_chat | 75 |",
+        "| 2 | r8 | validation | 8 | 0.0003 | 30.50 | +12.00 [+10.00, +15.00] | base_chat | 75 |",
+        "| 3 | lr6 | validation | 16 | 0.0006 | 29.00 | +11.50 [+9.50, +14.50] | base_chat | 75 |",
+        "| 1 | main | test | 16 | 0.0003 | 35.94 | +18.18 [+16.18, +21.18] | base_chat | 75 |",
+    ]  # the workspace row (99.0) is left out; test is ranked on its own, after validation
+    assert (tmp_path / "out/sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_no_rouge_metrics_is_one_clear_error(tmp_path):
+    (tmp_path / "exp.json").write_text(json.dumps([{"rev": "workspace", "name": None, "data": {"rev": "workspace"}}]))
+    proc = subprocess.run([sys.executable, "-m", "sumlora.sweep_report", "--exp-show", str(tmp_path / "exp.json"),
+                           "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "error: no experiment or commit with metrics/rouge.json in `dvc exp show`" in proc.stderr
+    assert not (tmp_path / "out").exists()
