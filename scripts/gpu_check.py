@@ -80,13 +80,14 @@ def complete_checkpoints(proj: Path) -> list[int]:
 
 
 def repro_killed_after_first_checkpoint(proj: Path, log: Path) -> int:
-    """Run `dvc repro`; SIGKILL its training process as soon as a checkpoint is complete; return that step."""
+    """Run `dvc repro`; SIGKILL its training process as soon as a checkpoint is complete; return the step of the
+    last complete checkpoint after the kill (a later one may have completed before the signal landed)."""
     import psutil
 
     with log.open("w") as out:
         dvc = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=proj, stdout=out, stderr=subprocess.STDOUT)
         while dvc.poll() is None:
-            if steps := complete_checkpoints(proj):
+            if complete_checkpoints(proj):
                 trainers = [c for c in psutil.Process(dvc.pid).children(recursive=True)
                             if "stages.train" in " ".join(c.cmdline())]
                 for c in trainers:
@@ -94,7 +95,7 @@ def repro_killed_after_first_checkpoint(proj: Path, log: Path) -> int:
                 dvc.wait()
                 if not trainers:
                     raise RuntimeError("a checkpoint was complete but no training process was found to kill")
-                return steps[-1]
+                return complete_checkpoints(proj)[-1]
             time.sleep(0.05)
     raise RuntimeError(f"dvc repro ended (exit {dvc.returncode}) before a checkpoint was complete; see {log}")
 

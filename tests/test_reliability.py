@@ -65,11 +65,13 @@ def wait_for_new_checkpoint(proj: Path, proc: subprocess.Popen) -> int:
 
 
 def kill_after_first_checkpoint(proj: Path, proc: subprocess.Popen) -> int:
-    """SIGKILL the training process as soon as it has completed a checkpoint; return its step."""
-    step = wait_for_new_checkpoint(proj, proc)
+    """SIGKILL the training process as soon as it has completed a checkpoint; return the step of the last
+    complete checkpoint on disk after the kill (a fast process may complete another one before the signal lands,
+    and may leave a later one half-written)."""
+    wait_for_new_checkpoint(proj, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    return step
+    return max(complete_checkpoints(proj))
 
 
 def finish_training(proj: Path) -> str:
@@ -162,12 +164,14 @@ def test_full_disk_while_saving_a_checkpoint_is_one_line(project, tmp_path):
 
 def test_incomplete_checkpoint_is_skipped(project):
     step = kill_after_first_checkpoint(project, start_training(project))
-    # what a process killed while saving leaves: a later checkpoint without the completion marker
-    partial = project / f"models/checkpoints/checkpoint-{step + 2}"
+    # what a process killed while saving leaves: a later checkpoint without the completion marker, made here
+    # above any the killed process may have started itself
+    top = max(int(p.name.split("-")[1]) for p in (project / "models/checkpoints").glob("checkpoint-*"))
+    partial = project / f"models/checkpoints/checkpoint-{top + 2}"
     partial.mkdir()
     (partial / "adapter_model.safetensors").write_bytes(b"\0" * 10)
     out = finish_training(project)
-    assert f"checkpoint-{step + 2}: incomplete" in out and f"resuming from models/checkpoints/checkpoint-{step}" in out
+    assert f"{partial.name}: incomplete" in out and f"resuming from models/checkpoints/checkpoint-{step}" in out
     assert read_json(project / "metrics/train.json")["steps"] == 30
 
 
