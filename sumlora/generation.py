@@ -16,10 +16,10 @@ from sumlora.prompt import PromptTemplate, template_for
 from sumlora.tokenizing import encode_prompt
 
 
-def end_token_ids(model, tokenizer) -> list[int]:
-    """The ids that end a summary: the model's own end tokens (``generation_config.eos_token_id``, one id
-    or a list, e.g. an end-of-turn token beside EOS) plus the tokenizer's EOS."""
-    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+def end_token_ids(generation_config, tokenizer) -> list[int]:
+    """The ids that end a summary: the model's own end tokens (its ``generation_config.eos_token_id``, one id
+    or a list, e.g. an end-of-turn token beside EOS; None: none) plus the tokenizer's EOS."""
+    ids = getattr(generation_config, "eos_token_id", None)
     ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
         ids.append(tokenizer.eos_token_id)
@@ -35,7 +35,7 @@ def generate_ids(model, tokenizer, prompts: list[list[int]], batch_size: int, ma
     device = next(model.parameters()).device
     results: list[list[int]] = [[] for _ in prompts]
     stop = {"stop_strings": stop_strings, "tokenizer": tokenizer} if stop_strings else {}
-    eos = end_token_ids(model, tokenizer)
+    eos = end_token_ids(getattr(model, "generation_config", None), tokenizer)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         batch = tokenizer.pad({"input_ids": [prompts[i] for i in idx]}, padding_side="left", return_tensors="pt")

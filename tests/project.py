@@ -38,8 +38,10 @@ def env() -> dict:
     return e
 
 
-def sh(cwd: Path, *cmd: str, check: bool = True, extra_env: dict | None = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run(list(cmd), cwd=cwd, env={**env(), **(extra_env or {})}, capture_output=True, text=True)
+def sh(cwd: Path, *cmd: str, check: bool = True, extra_env: dict | None = None,
+       stdin: str | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(list(cmd), cwd=cwd, env={**env(), **(extra_env or {})}, capture_output=True, text=True,
+                          input=stdin)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc

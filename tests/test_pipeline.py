@@ -11,7 +11,7 @@ from project import dvc, make_project, network_attempts, ran_stages, read_json, 
 from sumlora.prompt import DEFAULT, PromptTemplate
 
 ALL_STAGES = {"check_params", "format", "base_model", "tokenize", "train", "generate_base", "generate_base_chat",
-              "generate_finetuned", "evaluate"}
+              "generate_finetuned", "evaluate", "release"}
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def test_lora_param_change_reruns_only_downstream_stages(project):
     before = (project / "data/predictions/base.jsonl").read_bytes()
     set_params(project, {"lora.r": 4})
     out = dvc(project, "repro").stdout
-    assert ran_stages(out) == {"check_params", "train", "generate_finetuned", "evaluate"}, out
+    assert ran_stages(out) == {"check_params", "train", "generate_finetuned", "evaluate", "release"}, out
     assert (project / "data/predictions/base.jsonl").read_bytes() == before
     assert json.loads((project / "models/adapter/adapter_config.json").read_text())["r"] == 4
     diff = json.loads(dvc(project, "metrics", "diff", "--all", "--json").stdout)
@@ -107,7 +107,7 @@ def test_generate_split_validation_scores_validation_dialogues_and_leaves_traini
     set_params(project, {"generate.split": "validation"})
     out = dvc(project, "repro").stdout
     assert ran_stages(out) == {"check_params", "generate_base", "generate_base_chat", "generate_finetuned",
-                               "evaluate"}, out
+                               "evaluate", "release"}, out
     validation = [json.loads(x) for x in (project / "data/formatted/validation.jsonl").read_text().splitlines()]
     for name in ("base", "base_chat", "finetuned"):
         preds = [json.loads(x) for x in (project / f"data/predictions/{name}.jsonl").read_text().splitlines()]
@@ -119,6 +119,66 @@ def test_generate_split_validation_scores_validation_dialogues_and_leaves_traini
     sh(project, "git", "checkout", "--", ".")  # params, dvc.lock and the git-tracked metrics
     dvc(project, "checkout")
     assert read_json(project / "metrics/rouge.json")["split"] == "test"
+
+
+RELEASE_RUN = """
+import json, sys
+dialogues = json.load(open(sys.argv[1]))
+exec(sys.stdin.read())
+print(json.dumps(summaries))
+"""
+
+
+@pytest.mark.slow
+def test_release_loads_with_plain_peft_and_gives_the_pipelines_summaries(project, tmp_path):
+    """The model card's own loading code (transformers + peft, no sumlora), run as written, with the release's
+    generation config: the summaries the pipeline scored, for the same dialogues."""
+    from huggingface_hub import ModelCard
+
+    release = project / "models/release"
+    card = ModelCard.load(release / "README.md")
+    code = re.search(r"```python\n(.*?)```", card.text, re.S).group(1)
+    assert "sumlora" not in code and "PeftModel.from_pretrained(base, release)" in code
+    preds = [json.loads(x) for x in (project / "data/predictions/finetuned.jsonl").read_text().splitlines()]
+    (tmp_path / "dialogues.json").write_text(json.dumps([p["dialogue"] for p in preds]))
+    out = sh(project, sys.executable, "-c", RELEASE_RUN, str(tmp_path / "dialogues.json"), stdin=code)
+    assert json.loads(out.stdout.splitlines()[-1]) == [p["prediction"] for p in preds]
+
+    config = read_json(release / "adapter_config.json")  # names the base, not the pipeline's models/base
+    assert config["base_model_name_or_path"] == read_json(project / "models/base/base_info.json")["source"]
+    assert (release / "adapter_model.safetensors").read_bytes() == (
+        project / "models/adapter/adapter_model.safetensors").read_bytes()
+    generation = read_json(release / "generation_config.json")
+    assert generation["do_sample"] is False and generation["max_new_tokens"] == 8
+    assert generation["stop_strings"] == ["### End"] and generation["num_beams"] == 1
+
+
+@pytest.mark.slow
+def test_release_card_reports_the_metrics_and_quotes_no_data(project):
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(project / "models/release/README.md")
+    rouge = read_json(project / "metrics/rouge.json")
+    meta = card.data.to_dict()
+    assert meta["library_name"] == "peft" and meta["pipeline_tag"] == "text-generation"
+    assert meta["license"] == "cc-by-nc-sa-4.0"
+    [index] = meta["model-index"]
+    [result] = index["results"]
+    assert result["dataset"]["split"] == rouge["split"] == "test"
+    assert {m["type"]: m["value"] for m in result["metrics"]} == rouge["finetuned"]["all_refs"]
+    for system, label in (("base", "base model, training prompt"), ("finetuned", "fine-tuned (this adapter)")):
+        for scoring, where in (("all_refs", "all references"), ("first_ref", "first reference")):
+            row = next(line for line in card.text.splitlines() if line.startswith(f"| {label}, {where} |"))
+            cells = [float(c) for c in row.strip("|").split("|")[1:]]
+            assert cells == [round(rouge[system][scoring][t], 2) for t in ("rouge1", "rouge2", "rougeL", "rougeLsum")]
+    gain = rouge["improvement"]["all_refs"]["rougeL"]
+    assert f"ROUGE-L {gain['diff']:+.2f} [{gain['ci_low']:+.2f}, {gain['ci_high']:+.2f}]" in card.text
+    assert "ROUGE-L 31.79, 30.46 on validation" in card.text  # release.seed_spread
+    text = card.text
+    for record in (json.loads(x) for x in (project / "data/formatted/test.jsonl").read_text().splitlines()):
+        for quoted in [record["dialogue"], *record["references"]]:
+            for line in quoted.splitlines():
+                assert len(line) < 25 or line not in text, line  # no DialogSum text (CC BY-NC-SA)
 
 
 OUTPUTS = ["models/adapter/adapter_model.safetensors", "metrics/train.json", "metrics/rouge.json", "metrics/data.json",
@@ -225,7 +285,7 @@ def experiments(exp_show_json: str) -> list[dict]:
 @pytest.mark.slow
 def test_exp_run_with_set_param_is_listed_in_exp_show(project):
     out = dvc(project, "exp", "run", "-S", "lora.r=2", "-S", "train.max_steps=1").stdout
-    assert ran_stages(out) == {"check_params", "train", "generate_finetuned", "evaluate"}, out
+    assert ran_stages(out) == {"check_params", "train", "generate_finetuned", "evaluate", "release"}, out
     shown = dvc(project, "exp", "show", "--json").stdout
     ours = [d for d in experiments(shown) if d["params"]["params.yaml"]["data"]["lora"]["r"] == 2]
     assert len(ours) == 1, shown[:2000]

@@ -198,6 +198,20 @@ class EvaluateParams:
 
 
 @dataclass
+class ReleaseParams:
+    license: str = "cc-by-nc-sa-4.0"
+    seed_spread: list[float] | None = field(default_factory=lambda: [31.79, 30.46])
+
+    def check(self):
+        errs = []
+        if not self.license.strip():
+            errs.append(("license", "must be a license id of the Hugging Face hub (e.g. cc-by-nc-sa-4.0)"))
+        if self.seed_spread is not None and len(self.seed_spread) < 2:
+            errs.append(("seed_spread", f"must list the scores of two or more seeds, or null, got {self.seed_spread}"))
+        return errs
+
+
+@dataclass
 class Params:
     seed: int = 42
     model: ModelParams = field(default_factory=ModelParams)
@@ -207,6 +221,7 @@ class Params:
     train: TrainParams = field(default_factory=TrainParams)
     generate: GenerateParams = field(default_factory=GenerateParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    release: ReleaseParams = field(default_factory=ReleaseParams)
 
     def check(self):
         errs = []

@@ -1,0 +1,30 @@
+"""Write the release: the adapter with a model card, generation config and the base's tokenizer.
+
+    python -m stages.release models/base models/adapter metrics models/release
+
+Reads rouge.json, train.json and data.json from the metrics directory; writes the release directory
+whole (sumlora/release.py says what is in it). `dvc artifacts get` fetches it by name (dvc.yaml artifacts).
+"""
+
+from __future__ import annotations
+
+from sumlora.core import cli
+from sumlora.core.params import load_params
+
+
+def main(argv: list[str]) -> None:
+    ap = cli.path_parser(__doc__, "base_dir", "adapter_dir", "metrics_dir", "out_dir")
+    args = ap.parse_args(argv)
+    params = load_params()
+    cli.offline()
+    from sumlora.modeling import check_adapter, resolve_dequantize
+    from sumlora.release import write_release
+
+    check_adapter(args.adapter_dir, args.base_dir)  # complete, safetensors, trained on this base
+    dequantize_to = resolve_dequantize(params.generate.dequantize, params.model)  # as the generate stages resolve it
+    release = write_release(args.out_dir, args.base_dir, args.adapter_dir, args.metrics_dir, params, dequantize_to)
+    print(f"release of an adapter on {release['base']['base_model']} -> {args.out_dir}")
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,298 @@
+"""The release: the trained adapter as a model a team can find, trust and load without this repository.
+
+``models/release`` (the release stage) holds:
+
+- ``adapter_model.safetensors`` and ``adapter_config.json``, whose ``base_model_name_or_path`` and
+  ``revision`` name the real base (the hub id and commit; for the embedded default SmolLM2-135M-Instruct's
+  hub id, the card saying the weights trained on were de-quantized from its GGUF Q4_1 file);
+- the tokenizer and ``prompt_template.json``;
+- ``generation_config.json``: the pipeline's decoding (greedy, ``max_new_tokens``, its end tokens, and the
+  end marker as a stop string), so ``generate`` reproduces the pipeline's summaries without params.yaml;
+- ``README.md``: a Hugging Face model card (``huggingface_hub.ModelCard``) with ``model-index`` results
+  equal to ``metrics/rouge.json``, and a loading snippet that tests/test_release.py runs;
+- ``release.json``: the base's provenance and how the pipeline loaded it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from sumlora.core import atomic
+from sumlora.prompt import PromptTemplate
+
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the embedded GGUF file was quantized from
+DATASET_ID = "knkarthick/dialogsum"  # the Hugging Face copy of DialogSum whose layout the data follows
+RELEASE_INFO = "release.json"
+ADAPTER_FILES = ("adapter_model.safetensors", "prompt_template.json", "adapter_info.json")
+ROUGE_NAMES = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum"}
+SYSTEM_NAMES = {"base": "base model, training prompt", "base_chat": "base model, zero-shot chat prompt",
+                "finetuned": "fine-tuned (this adapter)"}
+
+
+def base_reference(info: dict) -> dict:
+    """Where the base came from, from its ``base_info.json``: ``base_model`` (a hub id, or the local directory
+    as given in params), ``revision`` (the hub commit, or None), ``hub`` (whether base_model is a hub id), and
+    ``statement``, one sentence a reader of the card needs."""
+    source = info.get("source", "")
+    if source == "embedded":
+        return {"base_model": EMBEDDED_HUB_ID, "revision": None, "hub": True,
+                "statement": info.get("description") or f"{EMBEDDED_HUB_ID} de-quantized from its GGUF Q4_1 file"}
+    if info.get("revision"):
+        return {"base_model": source, "revision": info["revision"], "hub": True,
+                "statement": f"{source} at commit {info['revision']}"}
+    return {"base_model": source, "revision": None, "hub": False,
+            "statement": f"the local model directory {source} (not on the Hugging Face hub)"}
+
+
+def generation_config(base_dir: Path, tokenizer, template: PromptTemplate, max_new_tokens: int):
+    """The decoding the generate stages use, as a GenerationConfig: greedy, ``max_new_tokens``, the base's end
+    tokens plus the tokenizer's EOS, and the template's end marker as a stop string."""
+    from transformers import GenerationConfig
+
+    from sumlora.generation import end_token_ids
+
+    base = GenerationConfig.from_pretrained(base_dir) if (base_dir / "generation_config.json").is_file() else None
+    return GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
+                            eos_token_id=end_token_ids(base, tokenizer), pad_token_id=tokenizer.pad_token_id,
+                            bos_token_id=tokenizer.bos_token_id, stop_strings=template.stop_strings() or None)
+
+
+def loading(model_params, dequantize_to: str | None) -> dict:
+    """How the pipeline loaded the base to generate the scored summaries (recorded in release.json)."""
+    from sumlora.modeling import compute_dtype
+
+    return {"load_in_4bit": model_params.load_in_4bit, "quant_type": model_params.quant_type,
+            "double_quant": model_params.double_quant,
+            "compute_dtype": str(compute_dtype(model_params)).removeprefix("torch."),
+            "dequantize_to": dequantize_to}
+
+
+def load_snippet(ref: dict, load: dict, template: PromptTemplate, batch_size: int) -> str:
+    """Python that loads the release with transformers + peft and summarizes a list ``dialogues`` into
+    ``summaries`` exactly as the pipeline did (tests/test_release.py runs it against the pipeline's output)."""
+    if ref["base_model"] == EMBEDDED_HUB_ID and not ref["revision"]:  # the de-quantized GGUF weights trained on
+        where = ['base_path = "models/base"  # this repository\'s base: dvc pull models/base (or dvc repro base_model)']
+    else:
+        where = [f"base_path = {json.dumps(ref['base_model'])}"]
+    rev = f", revision={json.dumps(ref['revision'])}" if ref["revision"] else ""
+    dtype = f"torch.{load['compute_dtype']}"
+    if load["load_in_4bit"]:
+        lines = where + [
+            f"quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type={load['quant_type']!r},",
+            f"    bnb_4bit_use_double_quant={load['double_quant']}, bnb_4bit_compute_dtype={dtype})",
+            f"base = AutoModelForCausalLM.from_pretrained(base_path{rev}, quantization_config=quantization,",
+            f"    dtype={dtype})"]
+    else:
+        lines = where + [f"base = AutoModelForCausalLM.from_pretrained(base_path{rev}, dtype={dtype})"]
+    if load["dequantize_to"]:  # as the generate stage: 4-bit weights de-quantized once, adapter merged in
+        d = f"torch.{load['dequantize_to']}"
+        lines += [f"base = base.dequantize(dtype={d}).to({d})",
+                  "model = PeftModel.from_pretrained(base, release).merge_and_unload().eval()"]
+    else:
+        lines += ["model = PeftModel.from_pretrained(base, release).eval()"]
+    if template.chat:
+        prompt = [f"USER = {json.dumps(template.user_message)}",
+                  "",
+                  "def prompt_ids(dialogue):",
+                  '    turn = [{"role": "user", "content": USER.replace("{dialogue}", dialogue.strip())}]',
+                  "    text = tokenizer.apply_chat_template(turn, add_generation_prompt=True, tokenize=False)",
+                  '    return tokenizer(text, add_special_tokens=False)["input_ids"]']
+        cut = "text.strip()"
+    else:
+        prompt = [f"PROMPT = {json.dumps(template.render_prompt('{dialogue}'))}",
+                  "",
+                  "def prompt_ids(dialogue):",
+                  '    return tokenizer(PROMPT.replace("{dialogue}", dialogue.strip()))["input_ids"]']
+        cut = f"text.split({json.dumps(template.end_marker)}, 1)[0].strip()"
+    return "\n".join([
+        "import torch",
+        "from peft import PeftModel",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, GenerationConfig",
+        "",
+        'release = "models/release"  # this directory (e.g. where `dvc artifacts get` put it)',
+        *lines,
+        "tokenizer = AutoTokenizer.from_pretrained(release)",
+        "generation_config = GenerationConfig.from_pretrained(release)  # greedy, as the pipeline",
+        *prompt,
+        "",
+        "# Batched as the pipeline: longest prompts first, left-padded. Another batch size changes some summaries",
+        f"# (the padding changes the rounding of {load['dequantize_to'] or load['compute_dtype']} arithmetic).",
+        f"BATCH = {batch_size}",
+        "ids = [prompt_ids(d) for d in dialogues]",
+        "order = sorted(range(len(ids)), key=lambda i: (-len(ids[i]), i))",
+        "summaries = [None] * len(ids)",
+        "for start in range(0, len(order), BATCH):",
+        "    rows = order[start:start + BATCH]",
+        '    batch = tokenizer.pad({"input_ids": [ids[i] for i in rows]}, padding_side="left", return_tensors="pt")',
+        "    with torch.inference_mode():",
+        "        out = model.generate(**batch, generation_config=generation_config, tokenizer=tokenizer)",
+        "    for row, i in enumerate(rows):",
+        '        text = tokenizer.decode(out[row, batch["input_ids"].shape[1]:], skip_special_tokens=True)',
+        f"        summaries[i] = {cut}",
+    ])
+
+
+CARD_TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ model_name }}
+
+A LoRA adapter that summarizes dialogues in one or two sentences, QLoRA-fine-tuned from **{{ base_model }}**
+on DialogSum by the dvc pipeline of this repository (`dvc repro`; this card is written by its `release` stage).
+
+**Base model:** {{ base_statement }}.
+
+## Results
+
+ROUGE F1 x100 on {{ num_dialogues }} dialogues of the DialogSum {{ split }} split{{ split_note }}, greedy decoding.
+*All references*: per dialogue the best-matching of its references, then the mean; *first reference*: against
+the first reference only.
+
+| system | {{ rouge_header }} |
+|---|{{ rouge_rule }}|
+{{ rouge_rows }}
+
+Gain of the fine-tuned model over the {{ baseline }} ({{ confidence }}% paired bootstrap interval over dialogues,
+{{ bootstrap_samples }} resamples), all references: {{ gain }}.
+
+{{ seed_note }}
+
+## Training
+
+- Data: {{ train_rows }} DialogSum training dialogues ({{ train_tokens }} tokens), {{ eval_rows }} validation dialogues
+  for the validation loss; rows longer than {{ max_length }} tokens dropped ({{ dropped }} dropped).
+- QLoRA: the base loaded in 4 bit ({{ quant }}), LoRA r={{ lora_r }}, alpha={{ lora_alpha }}, dropout={{ lora_dropout }}
+  on {{ target_modules }}; {{ trainable }} trainable parameters.
+- {{ steps }} optimizer steps, learning rate {{ lr }} ({{ scheduler }}, {{ warmup }} warm-up steps), batch
+  {{ batch }} x {{ accum }} accumulated, {{ optim }}, seed {{ seed }}. Final validation loss {{ eval_loss }}.
+- Loss on {{ loss_on }}.
+
+## Prompt format
+
+{{ prompt_format }}
+
+## How to load
+
+`pip install torch transformers peft bitsandbytes accelerate`, then, for a list of dialogue strings `dialogues`
+(`#Person1#: ...` lines, as in DialogSum):
+
+```python
+{{ snippet }}
+```
+
+This reproduces the summaries scored above ({{ weights }}). `generation_config.json` holds the decoding:
+greedy, at most {{ max_new_tokens }} new tokens, stopping at {{ stops }}.
+
+## Intended use and limits
+
+- Short English two-party dialogues like DialogSum's (everyday conversations). Not tested on meetings,
+  chats with many speakers, other languages or domains.
+- A small model: summaries can miss the point, swap who said what, or state things the dialogue does not
+  say. Check them before relying on them.
+- Scores come from {{ num_dialogues }} test dialogues and one training run; see the interval above.
+
+## Data and license
+
+Trained and scored on DialogSum (Chen et al., Findings of ACL 2021), licensed CC BY-NC-SA 4.0; this adapter
+is released under {{ license }}. The card quotes no DialogSum text.
+"""
+
+
+def _fmt_rouge(scores: dict) -> str:
+    return " | ".join(f"{scores[t]:.2f}" for t in ROUGE_NAMES)
+
+
+def model_card(rouge: dict, train: dict, data: dict, params, ref: dict, load: dict, template: PromptTemplate,
+               adapter_config: dict) -> str:
+    """The model card (README.md) text: metadata with ``model-index`` results built with huggingface_hub."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    split = rouge["split"]
+    name = f"{ref['base_model'].rsplit('/', 1)[-1]}-dialogsum-lora"
+    results = [EvalResult(task_type="summarization", task_name="Dialogue summarization", dataset_type=DATASET_ID,
+                          dataset_name="DialogSum", dataset_split=split, metric_type=t,
+                          metric_name=f"{label} (all references)", metric_value=rouge["finetuned"]["all_refs"][t])
+               for t, label in ROUGE_NAMES.items()]
+    card_data = ModelCardData(base_model=ref["base_model"] if ref["hub"] else None, library_name="peft",
+                              pipeline_tag="text-generation", license=params.release.license, language="en",
+                              datasets=[DATASET_ID], metrics=["rouge"], model_name=name, eval_results=results,
+                              tags=["lora", "qlora", "summarization", "dialogue-summarization", "dvc"])
+    rows = []
+    for scoring, label in (("all_refs", "all references"), ("first_ref", "first reference")):
+        for system in ("base", "base_chat", "finetuned"):
+            if system in rouge:
+                rows.append(f"| {SYSTEM_NAMES[system]}, {label} | {_fmt_rouge(rouge[system][scoring])} |")
+    imp = rouge["improvement"]["all_refs"]
+    gain = ", ".join(f"{label} {imp[t]['diff']:+.2f} [{imp[t]['ci_low']:+.2f}, {imp[t]['ci_high']:+.2f}]"
+                     for t, label in ROUGE_NAMES.items())
+    spread = params.release.seed_spread
+    seed_note = ("The interval covers the choice of test dialogues, not training randomness. "
+                 + (f"Trained with different seeds, these params scored ROUGE-L {', '.join(f'{s:.2f}' for s in spread)}"
+                    f" on validation (all references): a spread of {max(spread) - min(spread):.2f}."
+                    if spread else "The spread over training seeds was not measured."))
+    if template.chat:
+        prompt_format = ("The dialogue as one user turn through the tokenizer's chat template, the summary being the "
+                         f"assistant's reply. The user turn:\n\n```text\n{template.user_message}\n```")
+    else:
+        prompt_format = (f"A plain-text instruction prompt (no chat template); the model writes the summary, then "
+                         f"`{template.end_marker}` and EOS:\n\n```text\n{template.render_prompt('{dialogue}')}"
+                         f"{{summary}}\n{template.end_marker}\n```")
+    lp = params.lora
+    quant = (f"{params.model.quant_type.upper()}, double quantization {'on' if params.model.double_quant else 'off'},"
+             f" compute dtype {load['compute_dtype']}") if params.model.load_in_4bit else "off: not quantized"
+    weights = (f"the 4-bit base de-quantized once to {load['dequantize_to']}, the adapter merged in"
+               if load["dequantize_to"] else "the 4-bit base with the adapter attached" if load["load_in_4bit"]
+               else f"the base in {load['compute_dtype']} with the adapter attached")
+    stops = " or ".join(["the end tokens"] + [f"`{s}`" for s in template.stop_strings()])
+    return str(ModelCard.from_template(
+        card_data, template_str=CARD_TEMPLATE, model_name=name, base_model=ref["base_model"],
+        base_statement=ref["statement"], num_dialogues=rouge["num_dialogues"], split=split,
+        split_note=" (the stand-in split this repository's data follows; comparable with published figures only "
+                   "as an approximation)",
+        rouge_header=" | ".join(ROUGE_NAMES.values()), rouge_rule="|".join(["---"] * len(ROUGE_NAMES)),
+        rouge_rows="\n".join(rows), baseline=SYSTEM_NAMES[rouge["baseline"]],
+        confidence=round(rouge["confidence"] * 100), bootstrap_samples=rouge["bootstrap_samples"], gain=gain,
+        seed_note=seed_note, train_rows=data["train"]["kept"], train_tokens=f"{data['train']['tokens']:,}",
+        eval_rows=train["eval_rows"], max_length=data["max_length"],
+        dropped=data["train"]["dropped_over_length"] + data["validation"]["dropped_over_length"],
+        quant=quant, lora_r=lp.r, lora_alpha=lp.alpha, lora_dropout=lp.dropout,
+        target_modules=", ".join(f"`{m}`" for m in adapter_config["target_modules"]),
+        trainable=f"{train['trainable_params']:,}", steps=train["steps"], lr=params.train.learning_rate,
+        scheduler=params.train.lr_scheduler, warmup=params.train.warmup_steps, batch=params.train.batch_size,
+        accum=params.train.gradient_accumulation_steps, optim=params.train.optim, seed=params.seed,
+        eval_loss=train["eval_loss"], loss_on=("the prompt and the reply" if params.tokenize.train_on_prompt else
+                                               "the assistant's reply and its end of turn only" if template.chat else
+                                               "the summary, its end marker and EOS only"),
+        prompt_format=prompt_format, snippet=load_snippet(ref, load, template, params.generate.batch_size),
+        weights=weights,
+        max_new_tokens=params.generate.max_new_tokens, stops=stops, license=params.release.license))
+
+
+def write_release(out_dir: Path, base_dir: Path, adapter_dir: Path, metrics_dir: Path, params,
+                  dequantize_to: str | None) -> dict:
+    """Write ``out_dir`` whole from the adapter, the base's tokenizer and info, and the metrics; return release.json."""
+    from sumlora.modeling import load_tokenizer, read_base_info
+
+    info = read_base_info(base_dir)
+    ref = base_reference(info)
+    template = PromptTemplate.load(adapter_dir)
+    load = loading(params.model, dequantize_to)
+    rouge, train, data = (json.loads((metrics_dir / f"{n}.json").read_text()) for n in ("rouge", "train", "data"))
+    tok = load_tokenizer(base_dir)
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    config.update(base_model_name_or_path=ref["base_model"], revision=ref["revision"])
+    release = {"base": {**ref, "base_info": info}, "loading": load,
+               "adapter_info": json.loads((adapter_dir / "adapter_info.json").read_text())}
+    card = model_card(rouge, train, data, params, ref, load, template, config)
+    with atomic.output_dir(out_dir) as tmp:
+        for name in ADAPTER_FILES:
+            shutil.copy2(adapter_dir / name, tmp / name)
+        atomic.write_json(tmp / "adapter_config.json", config)
+        tok.save_pretrained(tmp)
+        generation_config(base_dir, tok, template, params.generate.max_new_tokens).save_pretrained(tmp)
+        atomic.write_text(tmp / "README.md", card)
+        atomic.write_json(tmp / RELEASE_INFO, release)
+    return release
