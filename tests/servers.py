@@ -1,6 +1,6 @@
-"""Real servers on loopback for the remote-storage tests: OpenSSH's sshd, and a TCP relay in
-front of it that can drop every connection after a given number of bytes (a server that
-stops in the middle of a push)."""
+"""Real servers on loopback for the remote-storage tests: OpenSSH's sshd, an S3 API server (moto's
+server mode, with signature checking on), and a TCP relay in front of either that can drop every
+connection after a given number of bytes (a server that stops in the middle of a push)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -83,6 +84,54 @@ class SSHServer:
 
     def log(self) -> str:
         return (self.root / "sshd.log").read_text(errors="replace")
+
+
+class S3Server:
+    """moto's S3 API server on 127.0.0.1:port, a separate process. Requests are authenticated (signatures
+    checked, as AWS does) once an IAM user with an S3 policy and its access key exist: ``key_id`` and
+    ``secret``. ``client()`` is a boto3 S3 client talking to it over HTTP."""
+
+    SETUP_CALLS = 3  # create_user, create_access_key, put_user_policy: unauthenticated, then auth starts
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self.key_id = self.secret = ""
+
+    def start(self) -> S3Server:
+        log = open(self.root / "s3.log", "ab")
+        env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(self.SETUP_CALLS)}
+        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                                     env=env, stdout=log, stderr=log, start_new_session=True)
+        _wait_for_port(self.port, timeout=30)
+        import boto3
+
+        iam = boto3.client("iam", endpoint_url=self.url, region_name="us-east-1", aws_access_key_id="setup",
+                           aws_secret_access_key="setup")
+        iam.create_user(UserName="dvc")
+        key = iam.create_access_key(UserName="dvc")["AccessKey"]
+        iam.put_user_policy(UserName="dvc", PolicyName="s3", PolicyDocument=(
+            '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}'))
+        self.key_id, self.secret = key["AccessKeyId"], key["SecretAccessKey"]
+        return self
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.url, region_name="us-east-1", aws_access_key_id=self.key_id,
+                            aws_secret_access_key=self.secret)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
+
+    def log(self) -> str:
+        return (self.root / "s3.log").read_text(errors="replace")
 
 
 class CuttingRelay:

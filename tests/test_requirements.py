@@ -12,11 +12,11 @@ CODE = ("sumlora", "stages", "benchmarks", "tests")
 
 
 def pins(path) -> dict[str, str]:
-    """``name==version`` lines of a requirements file, names normalized (PEP 503)."""
+    """``name==version`` lines of a requirements file (extras dropped), names normalized (PEP 503)."""
     found = {}
     for line in path.read_text().splitlines():
-        if m := re.fullmatch(r"([A-Za-z0-9_.\-]+)==(\S+)", line.strip()):
-            found[re.sub(r"[-_.]+", "-", m[1]).lower()] = m[2]
+        if m := re.fullmatch(r"([A-Za-z0-9_.\-]+)(\[[\w,\-]+\])?==(\S+)", line.strip()):  # name[extras]==version
+            found[re.sub(r"[-_.]+", "-", m[1]).lower()] = m[3]
     return found
 
 
