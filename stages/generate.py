@@ -25,6 +25,7 @@ from pathlib import Path
 
 from sumlora.core import atomic, cli
 from sumlora.core.params import load_params
+from sumlora.core.progress import Progress
 from sumlora.data import load_records, scored_record
 from sumlora.prompt import PromptTemplate
 
@@ -53,7 +54,12 @@ def main(argv: list[str]) -> None:
     model, tok = load_model_and_tokenizer(args.base_dir, params.model, args.adapter, dequantize_to)
     print(f"weights: de-quantized once to {dequantize_to}" + (", adapter merged in" if args.adapter else "")
           if dequantize_to else "weights: as loaded" + (" (4-bit)" if params.model.load_in_4bit else ""))
-    progress = lambda done, n: print(f"  {done}/{n}", flush=True)  # noqa: E731
+    bar = None
+
+    def progress(done: int, n: int) -> None:  # after each batch: summaries done of this process's n
+        nonlocal bar
+        bar = bar or Progress(n, "dialogue")
+        bar.update(done - bar.done)
     start = time.perf_counter()
     fit = {"context": model_max_positions(model.config)}  # longer dialogues are refused, by id
     with state.split_between_processes(list(range(len(records)))) as mine:
@@ -83,4 +89,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run_stage(main)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from sumlora.core.errors import DataError
@@ -18,14 +19,10 @@ SPLITS = ("train", "validation", "test")
 TEXT_FIELDS = ("dialogue", "summary")
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Read one split, validating each row. Raise DataError naming file:line and field."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: split file not found")
-    raw = path.read_bytes()
-    rows, seen = [], {}
-    for lineno, line in enumerate(raw.split(b"\n"), start=1):
+def json_objects(path: Path) -> Iterator[tuple[int, str, dict]]:
+    """``(line number, "file:line", object)`` of each non-blank line of a JSONL file; a line that is not UTF-8,
+    not JSON or not a JSON object is a DataError naming file and line."""
+    for lineno, line in enumerate(path.read_bytes().split(b"\n"), start=1):
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
@@ -39,6 +36,16 @@ def read_jsonl(path: str | Path) -> list[dict]:
             raise DataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
         if not isinstance(row, dict):
             raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        yield lineno, where, row
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Read one split, validating each row. Raise DataError naming file:line and field."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: split file not found")
+    rows, seen = [], {}
+    for lineno, where, row in json_objects(path):
         for fld in ("id",) + TEXT_FIELDS:
             if fld not in row:
                 raise DataError(f"{where}: field '{fld}' is missing")

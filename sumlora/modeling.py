@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -22,6 +24,25 @@ import torch
 from sumlora.core import atomic, device
 from sumlora.core.errors import ModelError
 from sumlora.core.params import ModelParams
+
+
+class _DropKernelsHubNotice(logging.Filter):
+    """bitsandbytes logs a WARNING on CPU that it cannot load its optional kernels-hub 4-bit kernel (the
+    ``kernels`` package): harmless, it uses its built-in CPU kernel. Every other message passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "kernels-community" not in record.getMessage()
+
+
+def quiet_known_notices() -> None:
+    """Silence, by their exact text, the notices of dependencies known to be harmless here (each said once in
+    plain words where the user should know: the train stage says when the paged optimizer is unpaged)."""
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_DropKernelsHubNotice())
+    # peft calls a transformers method deprecated in favour of another: nothing for a user of this tool to change
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+
+quiet_known_notices()
 
 BASE_INFO = "base_info.json"  # beside the base model: where it came from, architecture, size
 ADAPTER_INFO = "adapter_info.json"  # beside an adapter: the identity of the base it was trained on

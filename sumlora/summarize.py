@@ -1,7 +1,12 @@
-"""Summarize one dialogue from the command line with the base model + a trained adapter.
+"""Summarize one dialogue, or a file of them, from the command line with the base model + a trained adapter.
 
     python -m sumlora.summarize --adapter models/adapter dialogue.txt
     cat dialogue.txt | python -m sumlora.summarize --adapter models/adapter
+    python -m sumlora.summarize --adapter models/adapter --input dialogues.jsonl --output summaries.jsonl
+
+A file (``--input``: JSONL rows ``{"id", "dialogue"}``, or plain text with dialogues separated by blank
+lines) is summarized in batches with a progress display, written whole at the end, and resumable: a rerun
+skips what an interrupted run already wrote (sumlora/batch.py).
 
 The prompt template saved beside the adapter is used, so the prompt is the one the adapter
 was trained with. Quantization settings come from params.yaml (``model`` section) when it
@@ -22,15 +27,25 @@ from sumlora.core.errors import DataError, SumloraError
 def main(argv: list[str], stdin=None, stdout=None) -> int:
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     ap = argparse.ArgumentParser(prog="python -m sumlora.summarize", description=__doc__.splitlines()[0])
-    ap.add_argument("input", nargs="?", default="-", help="dialogue text file, or - for standard input")
+    ap.add_argument("dialogue", nargs="?", default=None, help="dialogue text file, or - for standard input (default)")
     ap.add_argument("--adapter", type=Path, required=True, help="adapter directory (models/adapter)")
     ap.add_argument("--base", type=Path, default=Path("models/base"), help="base model directory")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file for model settings")
     ap.add_argument("--max-new-tokens", type=int, default=None, help="default: generate.max_new_tokens")
+    ap.add_argument("--input", type=Path, help="a file of dialogues: .jsonl rows {id, dialogue}, or plain text")
+    ap.add_argument("--output", type=Path, help="where --input's summaries go (.jsonl, or one per line)")
+    ap.add_argument("--batch-size", type=int, default=None, help="with --input; default: generate.batch_size")
     args = ap.parse_args(argv)
 
     def run(_):
-        print(summarize(args, stdin), file=stdout)
+        if args.max_new_tokens is not None and args.max_new_tokens < 1:
+            raise SumloraError(f"--max-new-tokens: must be >= 1, got {args.max_new_tokens}")
+        if args.input is None and args.output is None:
+            print(summarize(args, stdin), file=stdout)
+        elif args.input is None or args.output is None or args.dialogue is not None:
+            raise SumloraError("--input and --output go together, without a dialogue file argument")
+        else:
+            summarize_batch(args)
 
     return cli.call(run, argv)
 
@@ -47,20 +62,13 @@ def read_dialogue(path: Path) -> str:
                         "give a plain-text dialogue") from None
 
 
-def summarize(args, stdin) -> str:
+def _load(args):
+    """Model, tokenizer, template, generate params and max new tokens: from params.yaml when it exists."""
     cli.offline()
     from sumlora.core.params import GenerateParams, ModelParams, load_params
-    from sumlora.generation import generate_summaries
-    from sumlora.modeling import load_model_and_tokenizer, model_max_positions, resolve_dequantize
+    from sumlora.modeling import load_model_and_tokenizer, resolve_dequantize
     from sumlora.prompt import PromptTemplate
-    from sumlora.tokenizing import encode_prompt
 
-    if args.max_new_tokens is not None and args.max_new_tokens < 1:
-        raise SumloraError(f"--max-new-tokens: must be >= 1, got {args.max_new_tokens}")
-    where = "standard input" if args.input == "-" else args.input
-    text = stdin.read() if args.input == "-" else read_dialogue(Path(args.input))
-    if not text.strip():
-        raise DataError(f"{where}: empty input, nothing to summarize")
     if args.params.is_file():
         params = load_params(args.params)
         model_params, gp = params.model, params.generate
@@ -70,6 +78,20 @@ def summarize(args, stdin) -> str:
     model, tok = load_model_and_tokenizer(args.base, model_params, args.adapter,  # checks adapter and base first
                                           resolve_dequantize(gp.dequantize, model_params))
     template = PromptTemplate.load(args.adapter)  # the template the adapter was trained with
+    return model, tok, template, gp, max_new
+
+
+def summarize(args, stdin) -> str:
+    from sumlora.generation import generate_summaries
+    from sumlora.modeling import model_max_positions
+    from sumlora.tokenizing import encode_prompt
+
+    path = args.dialogue or "-"
+    where = "standard input" if path == "-" else path
+    text = stdin.read() if path == "-" else read_dialogue(Path(path))
+    if not text.strip():
+        raise DataError(f"{where}: empty input, nothing to summarize")
+    model, tok, template, _, max_new = _load(args)
     n_prompt = len(encode_prompt(tok, template, text))
     context = model_max_positions(model.config)
     if context is not None and n_prompt + max_new > context:
@@ -78,6 +100,28 @@ def summarize(args, stdin) -> str:
                         f"by at least {n_prompt + max_new - context} tokens")
     [summary] = generate_summaries(model, tok, template, [text], batch_size=1, max_new_tokens=max_new)
     return summary
+
+
+def summarize_batch(args) -> None:
+    from sumlora.batch import read_dialogues, summarize_file
+    from sumlora.generation import check_fits, generate_summaries, summary_prompts
+    from sumlora.modeling import model_max_positions
+
+    if args.batch_size is not None and args.batch_size < 1:
+        raise SumloraError(f"--batch-size: must be >= 1, got {args.batch_size}")
+    read_dialogues(args.input)  # every row checked before the model loads
+    model, tok, template, gp, max_new = _load(args)
+    context = model_max_positions(model.config)
+
+    def check(dialogues, names):
+        check_fits(summary_prompts(tok, template, dialogues), names, max_new, context)
+
+    def run(dialogues):
+        return generate_summaries(model, tok, template, dialogues, len(dialogues), max_new)
+
+    done, skipped = summarize_file(args.input, args.output, run, args.batch_size or gp.batch_size, check)
+    print(f"{done} summarized" + (f", {skipped} already in {args.output} or its .partial file" if skipped else "")
+          + f" -> {args.output}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -124,3 +124,27 @@ def small_disk(tmp_path):
     yield mounts
     for m in mounts.values():
         subprocess.run(["umount", str(m)], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_release(tmp_path_factory, tiny_llama_dir) -> Path:
+    """A directory with ``base`` (the tiny Llama as the base_model stage writes it), ``adapter`` (a fresh LoRA
+    adapter on it, with the default template) and ``params.yaml`` (generation: float32 weights, 8 new tokens)."""
+    import yaml
+
+    from sumlora.convert import materialize_base
+    from sumlora.core.params import load_params
+    from sumlora.lora import prepare_qlora_model
+    from sumlora.modeling import write_adapter_info
+    from sumlora.prompt import PromptTemplate
+
+    root = tmp_path_factory.mktemp("tiny-release")
+    materialize_base(str(tiny_llama_dir), root / "base")
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p["generate"].update(dequantize="float32", max_new_tokens=8)  # float32: batching changes no greedy choice
+    (root / "params.yaml").write_text(yaml.safe_dump(p))
+    model, _ = prepare_qlora_model(root / "base", load_params(root / "params.yaml"))
+    model.save_pretrained(root / "adapter")
+    PromptTemplate().save(root / "adapter")
+    write_adapter_info(root / "adapter", root / "base")
+    return root

@@ -66,6 +66,23 @@ def test_generation_benchmark_interleaves_the_arms_and_compares_summaries(tmp_pa
     assert generate_table(r) in out and "| **1.00x** (1.00-1.00) |" in generate_table(r)
 
 
+def test_serving_benchmark_interleaves_batched_and_one_at_a_time_servers(tmp_path, tiny_release, dialogsum_dir):
+    out = bench("-m", "benchmarks.bench_serve", "--base", str(tiny_release / "base"), "--adapter",
+                str(tiny_release / "adapter"), "--params", str(tiny_release / "params.yaml"), "--data",
+                str(dialogsum_dir), "--requests", "6", "--clients", "1,3", "--repeats", "2",
+                "--json", str(tmp_path / "s.json"))
+    r = json.loads((tmp_path / "s.json").read_text())
+    order = [(x["repeat"], x["clients"], x["arm"]) for x in r["runs"]]
+    assert order == [(0, 1, "one_at_a_time"), (0, 1, "batched"), (0, 3, "one_at_a_time"), (0, 3, "batched"),
+                     (1, 1, "batched"), (1, 1, "one_at_a_time"), (1, 3, "batched"), (1, 3, "one_at_a_time")]
+    assert all(len(x["latencies"]) == 6 and min(x["latencies"]) > 0 and x["seconds"] > 0 for x in r["runs"])
+    assert all(x["same_as_other_arm"] == 6 for x in r["runs"])  # float32: batching changes no summary
+    assert r["server_args"]["one_at_a_time"] == ["--max-batch", "1"] and min(r["peak_rss_mb"].values()) > 0
+    from benchmarks.report import serve_table
+
+    assert serve_table(r) in out and "| 1 | one at a time |" in serve_table(r)
+
+
 def test_gpu_check_runs_on_cpu_with_a_tiny_phi(tmp_path, dialogsum_dir):
     """scripts/gpu_check.sh at toy size: the pipeline through dvc repro with the GPU params, training killed after
     its first checkpoint and resumed, then benchmarks/gpu.sh on the same model."""

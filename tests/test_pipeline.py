@@ -75,6 +75,22 @@ def test_outputs_and_metrics_are_produced_and_valid(project):
 
 
 @pytest.mark.slow
+def test_each_stage_logs_its_output_and_training_shows_progress(project):
+    """logs/STAGE.log (git-ignored) of the first `dvc repro`: every stage's prints between a header and its exit
+    status; training's progress line per logging step; the known harmless notices not repeated."""
+    logs = project / "logs"
+    assert {p.stem for p in logs.glob("*.log")} == ALL_STAGES
+    train = (logs / "train.log").read_text()
+    assert train.startswith("=== ") and "stages.train" in train.splitlines()[0]
+    assert re.search(r"^  2/2 steps, loss \d+\.\d+ \(.*left\)$", train, re.M), train[-2000:]
+    assert "paged_adamw_8bit: paging is not available on CPU, using the same optimizer unpaged" in train
+    assert "Paged optimizers are not supported" not in train and "kernels-community" not in train
+    assert re.search(r"^=== exit 0 after [\d.]+ s$", train, re.M)
+    assert re.search(r"^  3/3 dialogues \(", (logs / "generate_finetuned.log").read_text(), re.M)
+    assert "logs" in sh(project, "git", "check-ignore", "logs").stdout
+
+
+@pytest.mark.slow
 def test_second_repro_is_up_to_date(project):
     out = dvc(project, "repro").stdout
     assert ran_stages(out) == set(), out
@@ -220,6 +236,8 @@ def test_tokenize_fails_when_max_length_drops_every_row(project):
     assert out.returncode != 0 and "train" not in ran_stages(out.stdout)
     assert re.search(r"tokenize.max_length: 40 drops all 12 train rows of data/formatted/train.jsonl "
                      r"\(the shortest has \d+ tokens\): raise tokenize.max_length", out.stderr), out.stderr[-2000:]
+    log = (project / "logs/tokenize.log").read_text().splitlines()  # the failure, in the stage's log
+    assert log[-1].startswith("=== exit 1 after") and "drops all 12 train rows" in log[-2], log[-3:]
     sh(project, "git", "checkout", "metrics/data.json")  # restorable: git for the metric, the cache for the data
     dvc(project, "checkout")
     assert ran_stages(dvc(project, "repro").stdout) == set()
@@ -250,8 +268,8 @@ def test_generate_on_a_read_only_or_full_disk_is_one_line(project, small_disk, d
     assert out.returncode == 1 and f"error: {out_file}: {message}" in out.stderr, out.stderr[-2000:]
     assert "Traceback" not in out.stderr
     # read-only: refused before any summary is generated; full: at the write; nothing half-written either way
-    generated = re.search(r"^\s*\d+/\d+$", out.stdout, re.M) is not None
-    assert generated == (disk == "full"), out.stdout
+    generated = re.search(r"^\s*\d+/\d+ dialogues \(", out.stderr, re.M) is not None  # the progress lines
+    assert generated == (disk == "full"), out.stderr
     assert list(small_disk[disk].iterdir()) == []
 
 
@@ -340,3 +358,6 @@ def test_queued_sweep_runs_every_combination_and_exp_show_compares_them(project)
     if score[3] != score[5]:  # a tie may list them either way
         assert listed == sorted(score, key=lambda r: -score[r]), (listed, score)
     assert (project / "sweep/sweep.png").is_file()
+    # each queued experiment ran in a temporary workspace, and left its stage logs in this repository's logs/
+    names = set(re.findall(r"\(experiment ([\w-]+)\)", (project / "logs/train.log").read_text()))
+    assert len(names) >= 2, names

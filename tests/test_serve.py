@@ -11,16 +11,13 @@ import time
 
 import httpx
 import pytest
-import yaml
 from conftest import ROOT, read_rows
 from project import env
 from servers import free_port
 
-from sumlora.convert import materialize_base
 from sumlora.core.params import load_params
 from sumlora.generation import generate_summaries
-from sumlora.lora import prepare_qlora_model
-from sumlora.modeling import load_model_and_tokenizer, write_adapter_info
+from sumlora.modeling import load_model_and_tokenizer
 from sumlora.prompt import PromptTemplate
 from sumlora.summarize import main as summarize_main
 
@@ -28,21 +25,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory, tiny_llama_dir):
-    root = tmp_path_factory.mktemp("serve")
-    materialize_base(str(tiny_llama_dir), root / "base")
-    p = yaml.safe_load((ROOT / "params.yaml").read_text())
-    p["generate"].update(dequantize="float32", max_new_tokens=8)  # float32: batching changes no greedy choice
-    (root / "params.yaml").write_text(yaml.safe_dump(p))
-    model, _ = prepare_qlora_model(root / "base", load_params(root / "params.yaml"))
-    model.save_pretrained(root / "adapter")
-    PromptTemplate().save(root / "adapter")
-    write_adapter_info(root / "adapter", root / "base")
-    return root
-
-
-@pytest.fixture(scope="module")
-def server(model):
+def server(tiny_release):
+    model = tiny_release
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "sumlora.serve", "--adapter", str(model / "adapter"), "--base",
                              str(model / "base"), "--params", str(model / "params.yaml"), "--port", str(port),
@@ -71,7 +55,8 @@ def dialogues(dialogsum_dir):
 
 
 @pytest.fixture(scope="module")
-def expected(model, dialogues):
+def expected(tiny_release, dialogues):
+    model = tiny_release
     """One dialogue at a time, as the command line summarizes (checked against it for the first two)."""
     params = load_params(model / "params.yaml")
     m, tok = load_model_and_tokenizer(model / "base", params.model, model / "adapter", "float32")

@@ -118,3 +118,89 @@ def test_adapter_problems_are_one_line_each(trained, tmp_path, capsys, case, mes
     err = capsys.readouterr().err
     assert code == 1 and out == "" and re.search(message, err), err
     assert "Traceback" not in err and len([line for line in err.splitlines() if line.startswith("error:")]) == 1
+
+
+def batch_args(root, inp, out, *extra):
+    return ["--adapter", str(root / "adapter"), "--base", str(root / "base"), "--params", "missing.yaml",
+            "--max-new-tokens", "6", "--input", str(inp), "--output", str(out), *extra]
+
+
+def test_a_file_of_dialogues_gives_each_its_summary_in_order(trained, tmp_path, capsys, dialogsum_dir):
+    import json
+
+    from conftest import read_rows
+
+    root, template = trained
+    dialogues = [r["dialogue"] for r in read_rows(dialogsum_dir / "validation.jsonl", 5)]
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"id": f"d{i}", "dialogue": d}) + "\n" for i, d in enumerate(dialogues[:4]))
+                   + "\n" + json.dumps({"dialogue": dialogues[4]}) + "\n")  # no id: its line number
+    assert main(batch_args(root, inp, tmp_path / "out.jsonl", "--batch-size", "1")) == 0
+    model, tok = load_model_and_tokenizer(root / "base", ModelParams(), root / "adapter")
+    expected = [generate_summaries(model, tok, template, [d], 1, 6)[0] for d in dialogues]
+    rows = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert rows == [{"id": i, "summary": s} for i, s in zip(["d0", "d1", "d2", "d3", "line-6"], expected)]
+    err = capsys.readouterr().err
+    assert "  5/5 (" in err and "5 summarized -> " in err  # progress lines where stderr is not a terminal
+
+    text = tmp_path / "in.txt"  # plain text: dialogues separated by blank lines, one summary per line out
+    text.write_text("\n\n".join(dialogues) + "\n")
+    assert main(batch_args(root, text, tmp_path / "out.txt", "--batch-size", "1")) == 0
+    assert (tmp_path / "out.txt").read_text().splitlines() == [" ".join(s.split()) for s in expected]
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_an_interrupted_file_run_resumes_where_it_stopped(tmp_path):
+    from sumlora.batch import summarize_file
+
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    inp.write_text("".join(f'{{"id": "d{i}", "dialogue": "dialogue number {i}"}}\n' for i in range(7)))
+    calls = []
+
+    def dies_on_the_third_batch(dialogues):
+        calls.append(dialogues)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return [d.upper() for d in dialogues]
+
+    with pytest.raises(KeyboardInterrupt):
+        summarize_file(inp, out, dies_on_the_third_batch, 2)
+    assert not out.exists()  # the output is written whole or not at all
+    partial = tmp_path / "out.jsonl.partial"
+    assert len(partial.read_text().splitlines()) == 4  # the two finished batches
+    with partial.open("a") as f:
+        f.write('{"id": "d4", "summ')  # a process killed mid-line leaves this: not counted as done
+    calls.clear()
+    assert summarize_file(inp, out, lambda ds: calls.append(ds) or [d.upper() for d in ds], 2) == (3, 4)
+    assert calls == [["dialogue number 4", "dialogue number 5"], ["dialogue number 6"]]
+    assert out.read_text() == "".join(f'{{"id": "d{i}", "summary": "DIALOGUE NUMBER {i}"}}\n' for i in range(7))
+    assert not partial.exists()
+    assert summarize_file(inp, out, lambda ds: pytest.fail("nothing left to do"), 2) == (0, 7)
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"id": 1, "dialogue": "#Person1#: Hi."}\n{"id": 2, "dialogue": "#Per', r"in.jsonl:2: malformed JSON"),
+    ('{"id": 1, "dialogue": "#Person1#: Hi."}\n["a", "list"]\n', r"in.jsonl:2: expected a JSON object"),
+    ('{"id": 1, "text": "#Person1#: Hi."}\n', r'in.jsonl:1: field "dialogue" must be a non-empty string, got missing'),
+    ('{"id": 1, "dialogue": 5}\n', r'in.jsonl:1: field "dialogue" must be a non-empty string, got int 5'),
+    ('{"id": 1, "dialogue": "a"}\n\n{"id": "1", "dialogue": "b"}\n', r"in.jsonl:3: id '1' repeats line 1"),
+    ("\n\n", r"in.jsonl: no dialogues"),
+])
+def test_a_bad_row_is_named_by_file_and_line_before_the_model_loads(tmp_path, capsys, content, message):
+    (tmp_path / "in.jsonl").write_text(content)
+    code = main(["--adapter", str(tmp_path / "no-adapter"), "--base", str(tmp_path / "no-base"), "--input",
+                 str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "out.jsonl")])
+    err = capsys.readouterr().err
+    assert code == 1 and re.search(message, err), err
+    assert not (tmp_path / "out.jsonl").exists() and "no adapter here" not in err and "Traceback" not in err
+
+
+def test_a_dialogue_too_long_for_the_context_is_named_before_any_is_summarized(trained, tmp_path, capsys):
+    root, _ = trained
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"id": "short", "dialogue": "#Person1#: Hi."}\n'
+                   + '{"id": "long", "dialogue": "' + "#Person1#: hello there. " * 3000 + '"}\n')
+    assert main(batch_args(root, inp, tmp_path / "out.jsonl")) == 1
+    err = capsys.readouterr().err
+    assert re.search(r"in.jsonl: id long \(\d+ prompt tokens\)", err), err
+    assert not (tmp_path / "out.jsonl").exists() and not (tmp_path / "out.jsonl.partial").exists()

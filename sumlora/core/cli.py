@@ -3,6 +3,8 @@
 ``run(main)`` calls ``main(argv)``; bad input (:class:`SumloraError`, a missing file) and what
 the machine refuses (a full or read-only disk, no permission) print one line, ``error: ...``,
 and exit 1 instead of a traceback. Anything else is a bug and keeps its traceback.
+``run_stage(main)`` (every stage) does the same and appends all the stage prints, the error or
+traceback included, to ``logs/STAGE.log`` of the repository, so a failed queued experiment leaves a trace.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import errno
 import os
 import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 from sumlora.core.errors import SumloraError
 
@@ -61,3 +65,61 @@ def call(main: Callable[[list[str]], int | None], argv: list[str]) -> int:
 def run(main: Callable[[list[str]], int | None]) -> None:
     """The ``if __name__ == "__main__"`` of every command: exit with :func:`call`'s code."""
     sys.exit(call(main, sys.argv[1:]))
+
+
+class _Tee:
+    """A text stream that also writes everything to a log file."""
+
+    def __init__(self, stream, log):
+        self._stream, self._log = stream, log
+
+    def write(self, text: str) -> int:
+        self._stream.write(text)
+        self._log.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+        self._log.flush()
+
+    def __getattr__(self, name):  # isatty, fileno, encoding, ...: the terminal's
+        return getattr(self._stream, name)
+
+
+def log_file() -> Path:
+    """``logs/STAGE.log`` of the repository: DVC gives each stage command its name (DVC_STAGE) and the
+    repository root (DVC_ROOT; for a queued or temporary experiment, the repository it was queued from)."""
+    name = os.environ.get("DVC_STAGE") or Path(sys.argv[0]).stem
+    return Path(os.environ.get("DVC_ROOT", ".")) / "logs" / f"{name.replace(':', '-').replace('/', '-')}.log"
+
+
+def run_stage(main: Callable[[list[str]], int | None]) -> None:
+    """:func:`run` for a stage, its output also appended to :func:`log_file`."""
+    import datetime
+    import traceback
+
+    path = log_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(path, "a", encoding="utf-8")
+    except OSError:  # no log where it cannot be written; the stage itself still runs
+        run(main)
+    exp = os.environ.get("DVC_EXP_NAME")
+    log.write(f"=== {datetime.datetime.now().isoformat(timespec='seconds')} {' '.join(sys.argv)}"
+              + (f" (experiment {exp})" if exp else "") + "\n")
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Tee(out, log), _Tee(err, log)
+    start, code = time.monotonic(), 1
+    try:
+        code = call(main, sys.argv[1:])
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+        raise
+    except BaseException:
+        traceback.print_exc(file=log)  # Python prints it to the terminal as it exits
+        raise
+    finally:
+        sys.stdout, sys.stderr = out, err
+        log.write(f"=== exit {code} after {time.monotonic() - start:.1f} s\n")
+        log.close()
+    sys.exit(code)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -73,6 +74,10 @@ def train(params: Params, tokenized_dir, base_dir, checkpoints_dir, live_dir) ->
     if main:
         print(f"resuming from {resume}" if resume else "training from scratch"
               + (f" on {state.num_processes} processes ({state.backend})" if state.num_processes > 1 else ""))
+    if tp.optim.startswith("paged_") and not cuda:  # bitsandbytes warns at every optimizer state it makes
+        warnings.filterwarnings("ignore", message="Paged optimizers are not supported on CPU", category=UserWarning)
+        if main:
+            print(f"{tp.optim}: paging is not available on CPU, using the same optimizer unpaged")
     args = training_arguments(tp, params.seed, params.model.compute_dtype, checkpoints_dir)
     live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None) if main else None
     trainer = trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,

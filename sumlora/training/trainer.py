@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from sumlora.core.params import TrainParams
+from sumlora.core.progress import Progress
 from sumlora.tokenizing import IGNORE_INDEX
 from sumlora.training.checkpoints import KEEP, mark_complete
 
@@ -76,7 +77,7 @@ def trainer_class():
 
 
 def callbacks(live, early_stopping_patience: int | None = None):
-    """The run's callbacks: dvclive loss curves (main process; ``live`` is None elsewhere), checkpoint
+    """The run's callbacks: dvclive loss curves (main process; ``live`` is None elsewhere), progress, checkpoint
     completion markers, and early stopping when ``early_stopping_patience`` is set. Not dvclive's own
     DVCLiveCallback: the curves go to a fresh directory that replaces the old one whole at the end, so a resumed
     run must replay its log history so far into it (below)."""
@@ -105,6 +106,25 @@ def callbacks(live, early_stopping_patience: int | None = None):
                 log(state.global_step, logs)
                 live.make_summary()
 
+    class ShowProgress(TrainerCallback):
+        """Steps and time left, with the training loss at each logging step: a bar on a terminal, else a line."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                self.bar = Progress(state.max_steps, "step", every=None, start=state.global_step)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                self.bar.update(state.global_step - self.bar.done)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs and "loss" in logs:
+                self.bar.report(loss=f"{float(logs['loss']):.4f}")
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                self.bar.close()
+
     class MarkComplete(TrainerCallback):
         """Marks checkpoint-N complete after the Trainer has written all of it."""
 
@@ -113,10 +133,11 @@ def callbacks(live, early_stopping_patience: int | None = None):
                 mark_complete(args.output_dir, state.global_step)
 
     if early_stopping_patience is None:
-        return [LiveCallback(), MarkComplete()]
+        return [LiveCallback(), ShowProgress(), MarkComplete()]
     from transformers import EarlyStoppingCallback
 
-    return [LiveCallback(), MarkComplete(), EarlyStoppingCallback(early_stopping_patience=early_stopping_patience)]
+    return [LiveCallback(), ShowProgress(), MarkComplete(),
+            EarlyStoppingCallback(early_stopping_patience=early_stopping_patience)]
 
 
 def training_arguments(tp: TrainParams, seed: int, compute_dtype: str, output_dir, **overrides):
