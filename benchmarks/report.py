@@ -79,7 +79,39 @@ def train_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-TABLES = {"generate": generate_table, "train": train_table}
+def _percentile(values: list[float], q: float) -> float:
+    """The ``q``-quantile of ``values`` (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))]
+
+
+def serve_table(result: dict) -> str:
+    """Per number of concurrent clients and arm: requests/s (median and range over the repeats), the ratio to
+    one request at a time (median of per-repeat ratios), latency p50 / p95 over every request of every
+    repeat, and how many summaries equal the other arm's."""
+    runs = result["runs"]
+    lines = ["| clients | server | requests / s | vs one at a time | latency p50 s | latency p95 s "
+             "| same summaries |", "|---:|---|---:|---:|---:|---:|---:|"]
+    for c in result["clients"]:
+        base = {r["repeat"]: r["requests"] / r["seconds"] for r in runs
+                if r["clients"] == c and r["arm"] == "one_at_a_time"}
+        for arm in result["arms"]:
+            mine = [r for r in runs if r["clients"] == c and r["arm"] == arm]
+            rates = [r["requests"] / r["seconds"] for r in mine]
+            ratios = [r["requests"] / r["seconds"] / base[r["repeat"]] for r in mine]
+            latencies = [x for r in mine for x in r["latencies"]]
+            same = sorted({r["same_as_other_arm"] for r in mine})
+            lines.append(f"| {c} | {arm.replace('_', ' ')} | {_spread(rates, '.2f')} "
+                         f"| **{statistics.median(ratios):.2f}x** ({min(ratios):.2f}-{max(ratios):.2f}) "
+                         f"| {statistics.median(latencies):.2f} | {_percentile(latencies, 0.95):.2f} "
+                         f"| {'/'.join(map(str, same))} of {mine[0]['requests']} |")
+    memory = ", ".join(f"{arm.replace('_', ' ')} {mb} MiB" for arm, mb in result["peak_rss_mb"].items())
+    lines += ["", f"{result['machine']}; {result['requests']} test dialogues per run (one per request), "
+              f"{result['repeats']} interleaved repeats, {result['date']}; server peak RSS: {memory}."]
+    return "\n".join(lines)
+
+
+TABLES = {"generate": generate_table, "train": train_table, "serve": serve_table}
 
 
 def table_for(name: str) -> str:
