@@ -81,7 +81,7 @@ def test_each_stage_logs_its_output_and_training_shows_progress(project):
     logs = project / "logs"
     assert {p.stem for p in logs.glob("*.log")} == ALL_STAGES
     train = (logs / "train.log").read_text()
-    assert train.startswith("=== ") and "stages.train" in train.splitlines()[0]
+    assert train.startswith("=== ") and "stages/train.py data/tokenized models/base" in train.splitlines()[0]
     assert re.search(r"^  2/2 steps, loss \d+\.\d+ \(.*left\)$", train, re.M), train[-2000:]
     assert "paged_adamw_8bit: paging is not available on CPU, using the same optimizer unpaged" in train
     assert "Paged optimizers are not supported" not in train and "kernels-community" not in train
