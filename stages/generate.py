@@ -25,8 +25,8 @@ from pathlib import Path
 
 from sumlora.core import atomic, cli
 from sumlora.core.params import load_params
-from sumlora.core.progress import Progress
 from sumlora.data import load_records, scored_record
+from sumlora.progress import Progress
 from sumlora.prompt import PromptTemplate
 
 

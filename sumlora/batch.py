@@ -19,8 +19,8 @@ from pathlib import Path
 
 from sumlora.core import atomic
 from sumlora.core.errors import DataError
-from sumlora.core.progress import Progress
 from sumlora.data import json_objects
+from sumlora.progress import Progress
 
 
 def read_dialogues(path: Path) -> list[tuple[str, str]]:

@@ -282,8 +282,8 @@ def test_killed_generate_leaves_previous_output_intact(project):
         proc = subprocess.Popen([sys.executable, "-m", "stages.generate", "data/formatted/test.jsonl",
                                  "models/base", str(out_file), "--template", "data/tokenized/prompt_template.json"],
                                 cwd=project, env=env(),
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        for line in proc.stdout:  # the first dialogue is done: kill it midway
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for line in proc.stderr:  # the first dialogue is done (its progress line): kill it midway
             if line.strip().startswith("1/"):
                 proc.send_signal(signal.SIGKILL)
                 break

@@ -136,12 +136,17 @@ def test_a_file_of_dialogues_gives_each_its_summary_in_order(trained, tmp_path, 
     inp.write_text("".join(json.dumps({"id": f"d{i}", "dialogue": d}) + "\n" for i, d in enumerate(dialogues[:4]))
                    + "\n" + json.dumps({"dialogue": dialogues[4]}) + "\n")  # no id: its line number
     assert main(batch_args(root, inp, tmp_path / "out.jsonl", "--batch-size", "1")) == 0
-    model, tok = load_model_and_tokenizer(root / "base", ModelParams(), root / "adapter")
+    from sumlora.core.params import GenerateParams
+    from sumlora.modeling import resolve_dequantize
+
+    # without a params file the command uses the defaults: generate.dequantize auto (bfloat16 on a CPU that has it)
+    model, tok = load_model_and_tokenizer(root / "base", ModelParams(), root / "adapter",
+                                          resolve_dequantize(GenerateParams().dequantize, ModelParams()))
     expected = [generate_summaries(model, tok, template, [d], 1, 6)[0] for d in dialogues]
     rows = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert rows == [{"id": i, "summary": s} for i, s in zip(["d0", "d1", "d2", "d3", "line-6"], expected)]
     err = capsys.readouterr().err
-    assert "  5/5 (" in err and "5 summarized -> " in err  # progress lines where stderr is not a terminal
+    assert "  5/5 dialogues (" in err and "5 summarized -> " in err  # progress lines where stderr is not a terminal
 
     text = tmp_path / "in.txt"  # plain text: dialogues separated by blank lines, one summary per line out
     text.write_text("\n\n".join(dialogues) + "\n")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from sumlora.core.params import TrainParams
-from sumlora.core.progress import Progress
+from sumlora.progress import Progress
 from sumlora.tokenizing import IGNORE_INDEX
 from sumlora.training.checkpoints import KEEP, mark_complete
 
