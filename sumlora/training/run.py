@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from transformers import PrinterCallback
 
 from sumlora.core.cli import peak_rss_mb
 from sumlora.core.device import environment, resolve_compute_dtype
@@ -83,6 +84,7 @@ def train(params: Params, tokenized_dir, base_dir, checkpoints_dir, live_dir) ->
     trainer = trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                                data_collator=PadCollator(tok.pad_token_id),
                                callbacks=callbacks(live, tp.early_stopping_patience))
+    trainer.remove_callback(PrinterCallback)  # its raw log dicts: the progress callback says the same, plainly
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     runtime = time.perf_counter() - start

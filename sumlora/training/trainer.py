@@ -118,8 +118,11 @@ def callbacks(live, early_stopping_patience: int | None = None):
                 self.bar.update(state.global_step - self.bar.done)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if state.is_world_process_zero and logs and "loss" in logs:
-                self.bar.report(loss=f"{float(logs['loss']):.4f}")
+            if state.is_world_process_zero and logs:
+                shown = {k.replace("eval_loss", "validation loss"): f"{float(logs[k]):.4f}"
+                         for k in ("loss", "eval_loss") if k in logs}
+                if shown:
+                    self.bar.report(**shown)
 
         def on_train_end(self, args, state, control, **kwargs):
             if state.is_world_process_zero:
