@@ -9,7 +9,7 @@
 - ``generation_config.json``: the pipeline's decoding (greedy, ``max_new_tokens``, its end tokens, and the
   end marker as a stop string), so ``generate`` reproduces the pipeline's summaries without params.yaml;
 - ``README.md``: a Hugging Face model card (``huggingface_hub.ModelCard``) with ``model-index`` results
-  equal to ``metrics/rouge.json``, and a loading snippet that tests/test_release.py runs;
+  equal to ``metrics/rouge.json``, and loading code that tests/test_pipeline.py runs;
 - ``release.json``: the base's provenance and how the pipeline loaded it.
 """
 
@@ -71,7 +71,7 @@ def loading(model_params, dequantize_to: str | None) -> dict:
 
 def load_snippet(ref: dict, load: dict, template: PromptTemplate, batch_size: int) -> str:
     """Python that loads the release with transformers + peft and summarizes a list ``dialogues`` into
-    ``summaries`` exactly as the pipeline did (tests/test_release.py runs it against the pipeline's output)."""
+    ``summaries`` exactly as the pipeline did (tests/test_pipeline.py runs it against the pipeline's output)."""
     if ref["base_model"] == EMBEDDED_HUB_ID and not ref["revision"]:  # the de-quantized GGUF weights trained on
         where = ['base_path = "models/base"  # this repository\'s base: dvc pull models/base (or dvc repro base_model)']
     else:

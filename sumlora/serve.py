@@ -124,15 +124,12 @@ class Summarizer:
 
     def __init__(self, adapter_dir: Path, base_dir: Path, params_file: Path, dequantize: str | None,
                  max_new_tokens: int | None):
-        from sumlora.core.params import GenerateParams, ModelParams, load_params
+        from sumlora.core.params import ModelParams
         from sumlora.modeling import load_model_and_tokenizer, model_max_positions, resolve_dequantize
         from sumlora.prompt import PromptTemplate
+        from sumlora.summarize import model_settings
 
-        if params_file.is_file():
-            params = load_params(params_file)
-            model_params, gp = params.model, params.generate
-        else:
-            model_params, gp = ModelParams(), GenerateParams()
+        model_params, gp = model_settings(params_file)
         release = adapter_dir / "release.json"
         if release.is_file():  # the weights as the pipeline generated with, and its decoding
             load = json.loads(release.read_text())["loading"]

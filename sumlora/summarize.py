@@ -62,18 +62,24 @@ def read_dialogue(path: Path) -> str:
                         "give a plain-text dialogue") from None
 
 
+def model_settings(params_file: Path):
+    """The ``model`` and ``generate`` params of ``params_file``, or their defaults where there is no such file
+    (a command run outside the repository); also used by sumlora.serve."""
+    from sumlora.core.params import GenerateParams, ModelParams, load_params
+
+    if params_file.is_file():
+        params = load_params(params_file)
+        return params.model, params.generate
+    return ModelParams(), GenerateParams()
+
+
 def _load(args):
     """Model, tokenizer, template, generate params and max new tokens: from params.yaml when it exists."""
     cli.offline()
-    from sumlora.core.params import GenerateParams, ModelParams, load_params
     from sumlora.modeling import load_model_and_tokenizer, resolve_dequantize
     from sumlora.prompt import PromptTemplate
 
-    if args.params.is_file():
-        params = load_params(args.params)
-        model_params, gp = params.model, params.generate
-    else:
-        model_params, gp = ModelParams(), GenerateParams()
+    model_params, gp = model_settings(args.params)
     max_new = args.max_new_tokens if args.max_new_tokens is not None else gp.max_new_tokens
     model, tok = load_model_and_tokenizer(args.base, model_params, args.adapter,  # checks adapter and base first
                                           resolve_dequantize(gp.dequantize, model_params))
