@@ -39,7 +39,27 @@ def run(tokenized, tmp_path, **train):
     result = train_run(params, tokenized / "tokenized", tokenized / "base", tmp_path / "ckpt", tmp_path / "live")
     history = result.log_history
     end = next(i for i, h in enumerate(history) if "train_loss" in h)  # the evaluations while training
+    assert not any("eval_loss" in h for h in history[end:]), \
+        "the published adapter's validation loss was measured again, although training had just measured it"
+    result.metrics["remeasured_loss"] = validation_loss(result.model, tokenized / "tokenized", 4)
     return result.metrics, {h["step"]: h["eval_loss"] for h in history[:end] if "eval_loss" in h}
+
+
+def validation_loss(model, tokenized_dir, rows: int) -> float:
+    """The published model's validation loss measured apart from the Trainer: the model's own loss (its mean over
+    each row's label tokens), one row at a time, averaged over the first ``rows`` validation rows."""
+    import json
+
+    import torch
+
+    losses = []
+    model.eval()
+    with torch.no_grad():
+        for line in (tokenized_dir / "validation.jsonl").read_text().splitlines()[:rows]:
+            r = json.loads(line)
+            out = model(input_ids=torch.tensor([r["input_ids"]]), labels=torch.tensor([r["labels"]]))
+            losses.append(float(out.loss))
+    return sum(losses) / len(losses)
 
 
 def test_select_best_publishes_the_checkpoint_with_the_lowest_validation_loss(tokenized, tmp_path):
@@ -49,12 +69,45 @@ def test_select_best_publishes_the_checkpoint_with_the_lowest_validation_loss(to
     assert metrics["steps"] == 6 and metrics["chosen_step"] == best and not metrics["stopped_early"]
     # the published model is the best checkpoint's: its validation loss, measured again, is the best one
     assert metrics["eval_loss"] == pytest.approx(evals[best], abs=1e-3)
+    assert metrics["remeasured_loss"] == pytest.approx(evals[best], abs=1e-3)
 
 
 def test_select_last_publishes_the_last_step(tokenized, tmp_path):
     metrics, evals = run(tokenized, tmp_path, select="last")
-    assert metrics["chosen_step"] == metrics["steps"] == 6
+    assert metrics["chosen_step"] == metrics["steps"] == 6 and sorted(evals) == [1, 2, 3, 4, 5, 6]
     assert metrics["eval_loss"] == pytest.approx(evals[6], abs=1e-3)
+    assert metrics["remeasured_loss"] == pytest.approx(evals[6], abs=1e-3)
+
+
+def test_eval_steps_that_do_not_divide_max_steps_still_publish_the_last_steps_loss(tokenized, tmp_path):
+    """Training evaluates at steps 4 and 6 (the Trainer evaluates at the last step too); the loss published is
+    step 6's, the adapter's, not step 4's, and no pass is added after training."""
+    metrics, evals = run(tokenized, tmp_path, select="last", eval_steps=4, save_steps=4)
+    assert sorted(evals) == [4, 6] and metrics["steps"] == 6
+    assert metrics["eval_loss"] == pytest.approx(metrics["remeasured_loss"], abs=1e-3)
+    assert metrics["eval_loss"] != pytest.approx(evals[4], abs=1e-3)  # not step 4's loss (lr 0.3 moves it)
+
+
+def test_validation_batches_hold_rows_of_similar_length(tokenized, tmp_path, monkeypatch):
+    """The validation rows are fed shortest first: batches of similar length, little padding; the same rows."""
+    import json
+
+    from sumlora.training.batching import PadCollator
+
+    seen = []
+    collate = PadCollator.__call__
+
+    def spy(self, features):
+        if not any("row" in f for f in features):  # validation batches (training rows carry their row number)
+            seen.append([len(f["input_ids"]) for f in features])
+        return collate(self, features)
+
+    monkeypatch.setattr(PadCollator, "__call__", spy)
+    run(tokenized, tmp_path, max_steps=1, eval_batch_size=2, select="last")
+    lines = (tokenized / "tokenized" / "validation.jsonl").read_text().splitlines()[:4]
+    lengths = [len(json.loads(x)["input_ids"]) for x in lines]
+    assert lengths != sorted(lengths), lengths  # the file's order is not already sorted: the test can fail
+    assert seen[:2] == [sorted(lengths)[:2], sorted(lengths)[2:]]  # the first evaluation, in batches of 2
 
 
 def test_early_stopping_stops_after_patience_evaluations_without_improvement(tokenized, tmp_path):

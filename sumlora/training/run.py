@@ -60,6 +60,7 @@ def train(params: Params, tokenized_dir, base_dir, checkpoints_dir, live_dir) ->
     eval_ds = load_split(tokenized_dir / "validation.jsonl").remove_columns("row")
     if tp.max_eval_samples is not None and len(eval_ds) > tp.max_eval_samples:
         eval_ds = eval_ds.select(range(tp.max_eval_samples))
+    eval_ds = shortest_first(eval_ds)  # batches of similar length: little padding (the loss is per row)
 
     model, tok = prepare_qlora_model(base_dir, params)
     trainable, total = model.get_nb_trainable_parameters()  # 4-bit weights counted as the weights they pack
@@ -88,7 +89,7 @@ def train(params: Params, tokenized_dir, base_dir, checkpoints_dir, live_dir) ->
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     runtime = time.perf_counter() - start
-    final_eval = trainer.evaluate()  # of the adapter published; every process takes part, the main one gets it
+    eval_loss = published_eval_loss(trainer, tp.select)
     per_process = gather_object([{"rows": trainer.rows_trained, "tokens": trainer.tokens_trained,
                                   "padding": trainer.padding_trained}])
     if not main:
@@ -103,7 +104,7 @@ def train(params: Params, tokenized_dir, base_dir, checkpoints_dir, live_dir) ->
         "chosen_step": int(best) if best else steps,  # the adapter published (train.select)
         "stopped_early": steps < tp.max_steps,
         "train_loss_last": round(float(train_losses[-1]), 4) if train_losses else None,
-        "eval_loss": round(float(final_eval["eval_loss"]), 4),
+        "eval_loss": round(eval_loss, 4),
         "train_tokens": int(trainer.state.num_input_tokens_seen),
         "train_rows": len(train_ds),
         "eval_rows": len(eval_ds),
@@ -126,6 +127,27 @@ def train(params: Params, tokenized_dir, base_dir, checkpoints_dir, live_dir) ->
               "environment": environment()}  # python -m sumlora.doctor --json
     return TrainResult(main=True, model=model, tokenizer=tok, base_sha256=base_sha256, fingerprint=fingerprint,
                        metrics=metrics, timing=timing, log_history=history)
+
+
+def shortest_first(eval_ds):
+    """The validation rows ordered by length (stable): forward-only batches of similar length, so almost no
+    padding. The rows and the loss, a mean over rows, stay the same (2-core CPU, SmolLM2, 40 rows at batch 2:
+    a pass took 9 s instead of 11 s, 208 padding tokens instead of 2,938)."""
+    lengths = [len(x) for x in eval_ds["input_ids"]]
+    return eval_ds.select(sorted(range(len(lengths)), key=lambda i: lengths[i]))
+
+
+def published_eval_loss(trainer, select: str) -> float:
+    """The validation loss of the adapter published: the best evaluation's (``select: best``), or the last step's,
+    which the Trainer evaluates at the end of training; one more pass only if it did not (every process takes
+    part)."""
+    state = trainer.state
+    if select == "best" and state.best_metric is not None:
+        return float(state.best_metric)
+    evals = [h for h in state.log_history if "eval_loss" in h]
+    if evals and evals[-1]["step"] == state.global_step:
+        return float(evals[-1]["eval_loss"])
+    return float(trainer.evaluate()["eval_loss"])
 
 
 def refuse_sharding() -> None:
