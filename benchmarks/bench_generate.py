@@ -30,7 +30,16 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import ROOT, arm_parser, device, machine, peak_memory_mb, run_interleaved, test_dialogues
+from benchmarks.common import (
+    ROOT,
+    arm_parser,
+    device,
+    machine,
+    peak_memory_mb,
+    publish,
+    run_interleaved,
+    test_dialogues,
+)
 
 ARMS = ("tutorial", "batched", "dequantized", "batched_dequantized", "batched_bf16")
 DEQUANTIZE = {"dequantized": "float32", "batched_dequantized": "float32", "batched_bf16": "bfloat16"}
@@ -115,12 +124,7 @@ def main(argv: list[str]) -> None:
     result = {"benchmark": "generate", "machine": machine(), "date": time.strftime("%Y-%m-%d"),
               "adapter": str(args.adapter), "dialogues": args.dialogues, "max_new_tokens": args.new_tokens,
               "repeats": args.repeats, "arms": list(ARMS), "runs": runs}
-    from benchmarks.report import generate_table
-
-    print(generate_table(result))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    publish(result, args.json)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import ROOT, machine, test_dialogues
+from benchmarks.common import ROOT, machine, publish, test_dialogues
 
 ARMS = {"one_at_a_time": ["--max-batch", "1"], "batched": ["--max-batch", "8", "--max-wait-ms", "20"]}
 
@@ -120,12 +120,7 @@ def main() -> None:
     result = {"benchmark": "serve", "machine": machine(), "date": time.strftime("%Y-%m-%d"),
               "requests": len(dialogues), "clients": clients, "repeats": args.repeats, "arms": list(ARMS),
               "server_args": ARMS, "peak_rss_mb": memory, "runs": runs}
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
-    from benchmarks.report import serve_table
-
-    print(serve_table(result))
+    publish(result, args.json, indent=1)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 
-from benchmarks.common import arm_parser, device, load_rows, machine, peak_memory_mb, run_interleaved
+from benchmarks.common import arm_parser, device, load_rows, machine, peak_memory_mb, publish, run_interleaved
 
 LEVERS = ("batch", "no_checkpointing", "head_on_labels", "mask_free", "length_grouping")
 ARMS = ("tutorial", "baseline", *(f"+{lever}" for lever in LEVERS), "ours")
@@ -166,12 +166,7 @@ def main(argv: list[str]) -> None:
     runs = run_interleaved(__spec__.name, ARMS, common, args.repeats)
     result = {"benchmark": "train", "machine": machine(), "date": time.strftime("%Y-%m-%d"), "steps": args.steps,
               "repeats": args.repeats, "arms": list(ARMS), "levers": list(LEVERS), "runs": runs}
-    from benchmarks.report import train_table
-
-    print(train_table(result))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    publish(result, args.json)
 
 
 if __name__ == "__main__":

@@ -118,6 +118,16 @@ def run_interleaved(module: str, arms: tuple[str, ...], argv: list[str], repeats
     return runs
 
 
+def publish(result: dict, json_path: Path | None, indent: int = 2) -> None:
+    """Write the raw ``result`` to ``json_path`` (when given), then print its table (:mod:`benchmarks.report`)."""
+    from benchmarks.report import TABLES
+
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result, indent=indent) + "\n")
+    print(TABLES[result["benchmark"]](result))
+
+
 def any_tokenizer(tokenizer_dir: Path | None):
     """The tokenizer in ``tokenizer_dir``, else the embedded model's (from its GGUF file, offline)."""
     from transformers import AutoTokenizer

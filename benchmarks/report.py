@@ -79,6 +79,27 @@ def train_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def eval_table(result: dict) -> str:
+    """Seconds of one evaluation pass per arm (median and range), its speed against the file-order pass at batch 2
+    (median of per-repeat ratios), padding, peak memory and the loss."""
+    arms = _by_arm(result)
+    base = {r["repeat"]: r["seconds"] for r in arms["file_order_b2"]}
+    lines = ["| rows in | eval batch | seconds per pass | speed vs file order, batch 2 | padding tokens "
+             "| peak RSS MiB | val. loss |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for runs in arms.values():
+        ratios = [base[r["repeat"]] / r["seconds"] for r in runs]
+        lines.append(f"| {runs[0]['order'].replace('_', ' ')} | {runs[0]['batch_size']} "
+                     f"| {_spread([r['seconds'] for r in runs], '.1f')} "
+                     f"| **{statistics.median(ratios):.2f}x** ({min(ratios):.2f}-{max(ratios):.2f}) "
+                     f"| {runs[0]['padding_tokens']:,} of {runs[0]['real_tokens']:,} real "
+                     f"| {max(r['peak_rss_mb'] for r in runs)} "
+                     f"| {statistics.median(r['eval_loss'] for r in runs):.4f} |")
+    peaks = [r["matmul_gflops"] for r in result["runs"]]
+    lines += ["", f"{result['machine']}; {result['rows']} validation rows per pass, {result['repeats']} interleaved "
+              f"repeats, {result['date']}; matmul peak before each run {min(peaks):.0f}-{max(peaks):.0f} GFLOP/s."]
+    return "\n".join(lines)
+
+
 def _percentile(values: list[float], q: float) -> float:
     """The ``q``-quantile of ``values`` (nearest rank)."""
     ordered = sorted(values)
@@ -111,7 +132,7 @@ def serve_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-TABLES = {"generate": generate_table, "train": train_table, "serve": serve_table}
+TABLES = {"generate": generate_table, "train": train_table, "serve": serve_table, "eval": eval_table}
 
 
 def table_for(name: str) -> str:

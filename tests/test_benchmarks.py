@@ -66,6 +66,27 @@ def test_generation_benchmark_interleaves_the_arms_and_compares_summaries(tmp_pa
     assert generate_table(r) in out and "| **1.00x** (1.00-1.00) |" in generate_table(r)
 
 
+def test_evaluation_benchmark_times_the_trainers_pass_by_row_order_and_batch(tmp_path, tiny_release, dialogsum_dir):
+    out = bench("-m", "benchmarks.bench_eval", "--base", str(tiny_release / "base"), "--adapter",
+                str(tiny_release / "adapter"), "--data", str(dialogsum_dir), "--rows", "6", "--repeats", "2",
+                "--json", str(tmp_path / "e.json"))
+    r = json.loads((tmp_path / "e.json").read_text())
+    arms = ["file_order_b2", "shortest_first_b2", "file_order_b1", "shortest_first_b4", "file_order_b8",
+            "shortest_first_b8"]
+    assert [x["arm"] for x in r["runs"]] == arms * 2  # interleaved
+    run = {x["arm"]: x for x in r["runs"]}
+    assert {x["rows"] for x in r["runs"]} == {6} and len({x["real_tokens"] for x in r["runs"]}) == 1  # same rows
+    assert run["file_order_b1"]["padding_tokens"] == 0
+    assert run["shortest_first_b2"]["padding_tokens"] < run["file_order_b2"]["padding_tokens"]
+    assert run["shortest_first_b8"]["padding_tokens"] == run["file_order_b8"]["padding_tokens"]  # one batch of 6
+    losses = [x["eval_loss"] for x in r["runs"]]
+    assert max(losses) - min(losses) < 1e-3  # the loss is per row: neither the order nor the batch changes it
+    assert all(x["seconds"] > 0 and x["peak_rss_mb"] > 0 for x in r["runs"])
+    from benchmarks.report import eval_table
+
+    assert eval_table(r) in out and "| **1.00x** (1.00-1.00) |" in eval_table(r)
+
+
 def test_serving_benchmark_interleaves_batched_and_one_at_a_time_servers(tmp_path, tiny_release, dialogsum_dir):
     out = bench("-m", "benchmarks.bench_serve", "--base", str(tiny_release / "base"), "--adapter",
                 str(tiny_release / "adapter"), "--params", str(tiny_release / "params.yaml"), "--data",
