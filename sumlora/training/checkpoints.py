@@ -22,11 +22,13 @@ import sys
 from pathlib import Path
 
 from sumlora.core import atomic
+from sumlora.core.device import package_version
 from sumlora.core.params import Params
 from sumlora.modeling import sha256_file
 
 COMPLETE = ".complete"  # written into checkpoint-N once the Trainer has finished saving it
 RUN_FILE = "run.json"  # the fingerprint of the run the checkpoints belong to, and whether it finished
+FINGERPRINT_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate")  # shape the training
 KEEP = 2  # save_total_limit: the last checkpoints kept (one may be half-written when a run is killed)
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,26 +46,15 @@ def code_files() -> list[Path]:
     return sorted(files)
 
 
-def _library_versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("torch", "transformers", "peft", "bitsandbytes", "accelerate"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
-
-
 def run_fingerprint(params: Params, tokenized_dir, base_sha256: str, processes: int) -> str:
     """Identifies a training run by everything that shapes it: the params, the tokenized data, the base
     model's weights (:func:`sumlora.modeling.base_identity`), the code of the stage and the library
     versions, and the number of processes (which sets the batch each step sees)."""
     h = hashlib.sha256()
     shaping = {k: dataclasses.asdict(getattr(params, k)) for k in ("model", "lora", "train")}
-    h.update(json.dumps({"seed": params.seed, **shaping, "processes": processes,
-                         "libraries": _library_versions(), "base_sha256": base_sha256}, sort_keys=True).encode())
+    libraries = {p: package_version(p) for p in FINGERPRINT_PACKAGES}
+    h.update(json.dumps({"seed": params.seed, **shaping, "processes": processes, "libraries": libraries,
+                         "base_sha256": base_sha256}, sort_keys=True).encode())
     for f in sorted(Path(tokenized_dir).iterdir()):
         if f.is_file():
             h.update(f"data/{f.name}:{sha256_file(f)}\n".encode())
