@@ -67,10 +67,10 @@ def check_fits(prompts: list[list[int]], ids: list[str] | None, max_new_tokens: 
     ids = ids or [str(k) for k in range(len(prompts))]
     over = [(i, len(p)) for i, p in zip(ids, prompts) if len(p) + max_new_tokens > context]
     if over:
-        raise DataError(f"{len(over)} test dialogue(s) do not fit the model's context of {context} tokens with "
+        raise DataError(f"{len(over)} dialogue(s) do not fit the model's context of {context} tokens with "
                         f"generate.max_new_tokens={max_new_tokens}: "
                         + ", ".join(f"{i} ({n} prompt tokens)" for i, n in over[:10])
-                        + "; remove them from the test data, or use a model with a longer context")
+                        + "; remove them from the input, or use a model with a longer context")
 
 
 def summary_prompts(tokenizer, template: PromptTemplate, dialogues: list[str]) -> list[list[int]]:

@@ -254,7 +254,7 @@ def test_a_dialogue_longer_than_the_models_context_is_refused_by_id(project, tmp
     out = sh(project, sys.executable, "-m", "stages.generate", str(test_file), "models/base",
              str(tmp_path / "out.jsonl"), *mode, check=False)
     assert out.returncode == 1 and not (tmp_path / "out.jsonl").exists()
-    assert re.search(r"error: 1 test dialogue\(s\) do not fit the model's context of 2048 tokens with "
+    assert re.search(r"error: 1 dialogue\(s\) do not fit the model's context of 2048 tokens with "
                      r"generate.max_new_tokens=8: .*test.jsonl: test_long \(\d+ prompt tokens\)", out.stderr), (
         out.stderr)
 
