@@ -50,7 +50,9 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--require-cuda", action="store_true", help="fail unless the GPU path can run")
     args = ap.parse_args(argv)
     from sumlora.core.device import environment
+    from sumlora.modeling import quiet_known_notices
 
+    quiet_known_notices()  # the notices the stages silence (bitsandbytes' optional-kernel one) before it loads
     info = environment()
     print(json.dumps(info, indent=2) if args.json else "\n".join(lines(info)))
     if args.require_cuda and (problem := cuda_problem(info)):
