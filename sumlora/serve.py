@@ -31,6 +31,7 @@ from pathlib import Path
 
 from sumlora.core import cli
 from sumlora.core.errors import SumloraError
+from sumlora.summarize import model_settings, over_context
 
 
 class ApiError(Exception):
@@ -127,7 +128,6 @@ class Summarizer:
         from sumlora.core.params import ModelParams
         from sumlora.modeling import load_model_and_tokenizer, model_max_positions, resolve_dequantize
         from sumlora.prompt import PromptTemplate
-        from sumlora.summarize import model_settings
 
         model_params, gp = model_settings(params_file)
         release = adapter_dir / "release.json"
@@ -165,9 +165,8 @@ class Summarizer:
             if not item.strip():
                 raise ApiError(422, f"{where}: empty dialogue, nothing to summarize")
             n = self.prompt_tokens(item)
-            if self.context is not None and n + self.max_new_tokens > self.context:
-                raise ApiError(422, f"{where}: the prompt is {n} tokens; with {self.max_new_tokens} new tokens that "
-                               f"exceeds the model's context of {self.context} tokens (shorten it by at least "
+            if problem := over_context(n, self.max_new_tokens, self.context):
+                raise ApiError(422, f"{where}: {problem} (shorten it by at least "
                                f"{n + self.max_new_tokens - self.context} tokens)")
         return items
 

@@ -73,6 +73,15 @@ def model_settings(params_file: Path):
     return ModelParams(), GenerateParams()
 
 
+def over_context(n_prompt: int, max_new: int, context: int | None) -> str | None:
+    """Why a prompt of ``n_prompt`` tokens plus ``max_new`` new ones does not fit the model's ``context``, or None
+    (the words of the summarize command and the service; the generate stages list many with check_fits)."""
+    if context is None or n_prompt + max_new <= context:
+        return None
+    return (f"the prompt is {n_prompt} tokens; with {max_new} new tokens that exceeds the model's context of "
+            f"{context} tokens")
+
+
 def _load(args):
     """Model, tokenizer, template, generate params and max new tokens: from params.yaml when it exists."""
     cli.offline()
@@ -100,10 +109,9 @@ def summarize(args, stdin) -> str:
     model, tok, template, _, max_new = _load(args)
     n_prompt = len(encode_prompt(tok, template, text))
     context = model_max_positions(model.config)
-    if context is not None and n_prompt + max_new > context:
-        raise DataError(f"{where}: the prompt is {n_prompt} tokens; with {max_new} new tokens that exceeds the "
-                        f"model's context of {context} tokens. Nothing was generated: shorten the dialogue "
-                        f"by at least {n_prompt + max_new - context} tokens")
+    if problem := over_context(n_prompt, max_new, context):
+        raise DataError(f"{where}: {problem}. Nothing was generated: shorten the dialogue by at least "
+                        f"{n_prompt + max_new - context} tokens")
     [summary] = generate_summaries(model, tok, template, [text], batch_size=1, max_new_tokens=max_new)
     return summary
 
