@@ -19,11 +19,10 @@ same), peak memory. ``python -m benchmarks.report`` makes the table.
 from __future__ import annotations
 
 import json
-import sys
 import time
-from pathlib import Path
 
 from benchmarks.common import ROOT, arm_parser, load_rows, machine, peak_memory_mb, publish, run_interleaved
+from sumlora.core import atomic, cli
 
 ARMS = ("file_order_b2", "shortest_first_b2", "file_order_b1", "shortest_first_b4", "file_order_b8",
         "shortest_first_b8")
@@ -69,14 +68,18 @@ def arm(args) -> dict:
             "padding_tokens": padding, "real_tokens": sum(lengths), "eval_loss": loss, **peak_memory_mb()}
 
 
-def main(argv: list[str]) -> None:
-    ap = arm_parser(__doc__, ARMS)
-    ap.add_argument("--adapter", type=Path, default=ROOT / "models/adapter")
+def parser():
+    ap = arm_parser("benchmarks.bench_eval", __doc__, ARMS)
+    cli.input(ap, "--adapter", default=ROOT / "models/adapter")
     ap.add_argument("--rows", type=int, default=40, help="validation rows (train.max_eval_samples)")
     ap.add_argument("--repeats", type=int, default=3, help="runs of each arm, interleaved")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str]) -> None:
+    args = cli.parse(parser(), argv)
     if args.arm:
-        args.result.write_text(json.dumps(arm(args)))
+        atomic.write_text(args.result, json.dumps(arm(args)))
         return
 
     common = ["--base", str(args.base), "--adapter", str(args.adapter), "--data", str(args.data),
@@ -88,4 +91,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    cli.run(main)

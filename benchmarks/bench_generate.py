@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import time
-from pathlib import Path
 
 from benchmarks.common import (
     ROOT,
@@ -40,6 +38,7 @@ from benchmarks.common import (
     run_interleaved,
     test_dialogues,
 )
+from sumlora.core import atomic, cli
 
 ARMS = ("tutorial", "batched", "dequantized", "batched_dequantized", "batched_bf16")
 DEQUANTIZE = {"dequantized": "float32", "batched_dequantized": "float32", "batched_bf16": "bfloat16"}
@@ -96,16 +95,20 @@ def digest(summaries: list[str]) -> str:
     return hashlib.sha256(json.dumps(summaries).encode()).hexdigest()[:16]
 
 
-def main(argv: list[str]) -> None:
-    ap = arm_parser(__doc__, ARMS)
-    ap.add_argument("--adapter", type=Path, default=ROOT / "models/adapter", help="'' for the base model alone")
+def parser():
+    ap = arm_parser("benchmarks.bench_generate", __doc__, ARMS)
+    cli.input(ap, "--adapter", default=ROOT / "models/adapter", help="'' for the base model alone")
     ap.add_argument("--dialogues", type=int, default=32, help="test dialogues to summarize")
     ap.add_argument("--new-tokens", type=int, default=100, help="max_new_tokens (the tutorial's 100)")
     ap.add_argument("--repeats", type=int, default=3, help="runs of each arm, interleaved")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str]) -> None:
+    args = cli.parse(parser(), argv)
     args.adapter = args.adapter if args.adapter and str(args.adapter) not in ("", ".") else None
     if args.arm:
-        args.result.write_text(json.dumps(arm(args)))
+        atomic.write_text(args.result, json.dumps(arm(args)))
         return
 
     common = ["--base", str(args.base), "--adapter", str(args.adapter or ""), "--data", str(args.data),
@@ -128,4 +131,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    cli.run(main)

@@ -25,11 +25,11 @@ validation summaries after training. ``python -m benchmarks.report`` makes the t
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 import time
 
 from benchmarks.common import arm_parser, device, load_rows, machine, peak_memory_mb, publish, run_interleaved
+from sumlora.core import atomic, cli
 
 LEVERS = ("batch", "no_checkpointing", "head_on_labels", "mask_free", "length_grouping")
 ARMS = ("tutorial", "baseline", *(f"+{lever}" for lever in LEVERS), "ours")
@@ -151,14 +151,18 @@ def arm(args) -> dict:
             "eval_loss": validation_loss(model, tok, vrows), **peak_memory_mb()}
 
 
-def main(argv: list[str]) -> None:
-    ap = arm_parser(__doc__, ARMS)
+def parser():
+    ap = arm_parser("benchmarks.bench_train", __doc__, ARMS)
     ap.add_argument("--steps", type=int, default=10, help="optimizer steps per arm (effective batch 4)")
     ap.add_argument("--eval-rows", type=int, default=40, help="validation rows for the loss after training")
     ap.add_argument("--repeats", type=int, default=3, help="runs of each arm, interleaved")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str]) -> None:
+    args = cli.parse(parser(), argv)
     if args.arm:
-        args.result.write_text(json.dumps(arm(args)))
+        atomic.write_text(args.result, json.dumps(arm(args)))
         return
 
     common = ["--base", str(args.base), "--data", str(args.data), "--params", str(args.params),
@@ -170,4 +174,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    cli.run(main)

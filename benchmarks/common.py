@@ -4,7 +4,6 @@ of a comparison in a fresh process (so that each arm's peak memory is its own)."
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -13,7 +12,10 @@ from pathlib import Path
 
 import torch
 
+from sumlora.core import atomic, cli
+
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = "benchmarks/results/"  # the committed raw results (git-tracked): --json may replace them
 
 
 def device() -> str:
@@ -23,9 +25,9 @@ def device() -> str:
 def machine() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
-    from sumlora.core.device import cpu_name
+    from sumlora.core.device import cpu_description
 
-    return f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    return f"{cpu_description()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
 def matmul_peak_gflops(n: int = 2048, seconds: float = 3.0) -> float:
@@ -80,17 +82,17 @@ def test_dialogues(data_dir: Path, n: int | None) -> list[dict]:
     return groups[:n] if n else groups
 
 
-def arm_parser(doc: str, arms: tuple[str, ...]):
-    """The arguments both benchmarks take: inputs, --json, and the hidden --arm/--result of a child run."""
+def arm_parser(command: str, doc: str, arms: tuple[str, ...]):
+    """The arguments every benchmark takes: inputs, --json, and the hidden --arm/--result of a child run."""
     import argparse
 
-    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
-    ap.add_argument("--base", type=Path, default=ROOT / "models/base")
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared/dialogsum")
-    ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    ap = cli.parser(command, doc)
+    cli.input(ap, "--base", default=ROOT / "models/base")
+    cli.input(ap, "--data", default=ROOT.parent / "shared/dialogsum")
+    cli.input(ap, "--params", default=ROOT / "params.yaml")
     ap.add_argument("--arm", choices=arms, help=argparse.SUPPRESS)
-    ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
-    ap.add_argument("--json", type=Path, help="also write the figures here")
+    cli.output(ap, "--result", help=argparse.SUPPRESS)
+    cli.output(ap, "--json", tracked_ok=(RESULTS_DIR,), help="also write the figures here (benchmarks/results/...)")
     return ap
 
 
@@ -123,8 +125,7 @@ def publish(result: dict, json_path: Path | None, indent: int = 2) -> None:
     from benchmarks.report import TABLES
 
     if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result, indent=indent) + "\n")
+        atomic.write_text(json_path, json.dumps(result, indent=indent) + "\n")
     print(TABLES[result["benchmark"]](result))
 
 
@@ -156,11 +157,12 @@ def build_random_model(kind: str, tokenizer_dir: Path | None, out_dir: Path) -> 
     dtype = torch.bfloat16 if kind == "phi2" else torch.float32
     with torch.device(device()):
         model = PhiForCausalLM(config).to(dtype)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    tok.save_pretrained(out_dir)
-    (Path(out_dir) / "base_info.json").write_text(json.dumps(
-        {"source": f"random-{kind}", "model_type": "phi", "parameters": sum(p.numel() for p in model.parameters()),
-         "max_positions": 2048}))
+    with atomic.output_dir(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        atomic.write_json(tmp / "base_info.json", {
+            "source": f"random-{kind}", "model_type": "phi", "parameters": sum(p.numel() for p in model.parameters()),
+            "max_positions": 2048})
     del model
     return Path(out_dir)
 
@@ -171,8 +173,20 @@ def table(rows: list[tuple], header: tuple) -> str:
     return "\n".join(lines)
 
 
+def parser():
+    ap = cli.parser("benchmarks.common", "Build a random model: python -m benchmarks.common phi2|tiny-phi OUT_DIR "
+                    "[TOKENIZER_DIR]")
+    ap.add_argument("action", choices=["random-model"])
+    ap.add_argument("kind", choices=["phi2", "tiny-phi"])
+    cli.output(ap, "out_dir", kind="dir")
+    cli.input(ap, "tokenizer_dir", nargs="?", default=None)
+    return ap
+
+
+def main(argv: list[str]) -> None:
+    args = cli.parse(parser(), argv)
+    print(f"{build_random_model(args.kind, args.tokenizer_dir, args.out_dir)}: random {args.kind} model")
+
+
 if __name__ == "__main__":  # python -m benchmarks.common random-model KIND OUT_DIR [TOKENIZER_DIR]
-    if sys.argv[1:2] != ["random-model"] or len(sys.argv) not in (4, 5):
-        sys.exit("usage: python -m benchmarks.common random-model phi2|tiny-phi OUT_DIR [TOKENIZER_DIR]")
-    built = build_random_model(sys.argv[2], Path(sys.argv[4]) if len(sys.argv) == 5 else None, Path(sys.argv[3]))
-    print(f"{built}: random {sys.argv[2]} model")
+    cli.run(main)

@@ -9,7 +9,6 @@ with the table of ``benchmarks/results/NAME.json``, so no figure in BENCHMARKS.m
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import statistics
@@ -101,38 +100,66 @@ def eval_table(result: dict) -> str:
 
 
 def _percentile(values: list[float], q: float) -> float:
-    """The ``q``-quantile of ``values`` (nearest rank)."""
+    """The ``q``-quantile of ``values`` by nearest rank: the ceil(q n)-th smallest."""
+    import math
+
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))]
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 def serve_table(result: dict) -> str:
-    """Per number of concurrent clients and arm: requests/s (median and range over the repeats), the ratio to
-    one request at a time (median of per-repeat ratios), latency p50 / p95 over every request of every
-    repeat, and how many summaries equal the other arm's."""
+    """Per server: small (one-dialogue) requests' latency p50 / p95 on an idle server and under the mixed load (over
+    every request of every repeat), their ratio, the large requests' latency, and dialogues/s in the mixed phase
+    with its ratio to the fifo server's (median of per-repeat ratios)."""
     runs = result["runs"]
-    lines = ["| clients | server | requests / s | vs one at a time | latency p50 s | latency p95 s "
-             "| same summaries |", "|---:|---|---:|---:|---:|---:|---:|"]
-    for c in result["clients"]:
-        base = {r["repeat"]: r["requests"] / r["seconds"] for r in runs
-                if r["clients"] == c and r["arm"] == "one_at_a_time"}
-        for arm in result["arms"]:
-            mine = [r for r in runs if r["clients"] == c and r["arm"] == arm]
-            rates = [r["requests"] / r["seconds"] for r in mine]
-            ratios = [r["requests"] / r["seconds"] / base[r["repeat"]] for r in mine]
-            latencies = [x for r in mine for x in r["latencies"]]
-            same = sorted({r["same_as_other_arm"] for r in mine})
-            lines.append(f"| {c} | {arm.replace('_', ' ')} | {_spread(rates, '.2f')} "
-                         f"| **{statistics.median(ratios):.2f}x** ({min(ratios):.2f}-{max(ratios):.2f}) "
-                         f"| {statistics.median(latencies):.2f} | {_percentile(latencies, 0.95):.2f} "
-                         f"| {'/'.join(map(str, same))} of {mine[0]['requests']} |")
-    memory = ", ".join(f"{arm.replace('_', ' ')} {mb} MiB" for arm, mb in result["peak_rss_mb"].items())
-    lines += ["", f"{result['machine']}; {result['requests']} test dialogues per run (one per request), "
-              f"{result['repeats']} interleaved repeats, {result['date']}; server peak RSS: {memory}."]
+
+    def latencies(arm, phase, kind):
+        return [x["latency"] for r in runs if r["arm"] == arm and r["phase"] == phase
+                for x in r["requests"] if x["class"] == kind]
+
+    def rate(r):
+        return sum(x["dialogues"] for x in r["requests"]) / r["seconds"]
+
+    mixed = {(r["arm"], r["repeat"]): r for r in runs if r["phase"] == "mixed"}
+    lines = ["| server | small p50 / p95 s, idle | small p50 / p95 s, mixed | mixed p95 / idle p95 "
+             "| large p50 s | dialogues / s, mixed | vs fifo |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for arm in result["arms"]:
+        idle, busy, big = latencies(arm, "idle", "small"), latencies(arm, "mixed", "small"), latencies(
+            arm, "mixed", "big")
+        rates = [rate(r) for (a, _), r in mixed.items() if a == arm]
+        ratios = [rate(r) / rate(mixed[("fifo", rep)]) for (a, rep), r in mixed.items() if a == arm]
+        lines.append(f"| {arm} | {statistics.median(idle):.2f} / {_percentile(idle, 0.95):.2f} "
+                     f"| {statistics.median(busy):.2f} / {_percentile(busy, 0.95):.2f} "
+                     f"| **{_percentile(busy, 0.95) / _percentile(idle, 0.95):.1f}x** "
+                     f"| {statistics.median(big):.1f} | {_spread(rates, '.2f')} "
+                     f"| {statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) |")
+    memory = ", ".join(f"{arm} {mb} MiB" for arm, mb in result["peak_rss_mb"].items())
+    lines += ["", f"{result['machine']}; batches of at most {result['max_batch']}; idle: 4 clients, "
+              f"{result['small']} one-dialogue requests; mixed: 1 client sending {result['big']} requests of "
+              f"{result['big_size']} dialogues while the 4 clients keep sending; {result['repeats']} interleaved "
+              f"repeats, {result['date']}; fifo = the server of revision {result['baseline_rev']}; peak RSS: {memory}."]
     return "\n".join(lines)
 
 
-TABLES = {"generate": generate_table, "train": train_table, "serve": serve_table, "eval": eval_table}
+def profile_table(result: dict) -> str:
+    """Where the profiled training steps spent their time: wall seconds per phase, self CPU time per category."""
+    phases = result["phases_s"]
+    total = sum(phases.values())
+    cats = result["categories_ms"]
+    cpu = sum(cats.values())
+    lines = ["| phase | seconds | share |", "|---|---:|---:|"]
+    lines += [f"| {k} | {v:.2f} | {v / total:.0%} |" for k, v in phases.items()]
+    lines += ["", "| operator category | self CPU ms | share |", "|---|---:|---:|"]
+    lines += [f"| {k} | {v:,.0f} | {v / cpu:.0%} |" for k, v in cats.items()]
+    lines += ["", f"{result['machine']}; {result['steps']} optimizer steps after 2 warm-up steps, compute dtype "
+              f"{result['compute_dtype']}, {'4-bit' if result['load_in_4bit'] else 'not 4-bit'} base"
+              + (f", overrides {', '.join(result['overrides'])}" if result["overrides"] else "")
+              + f"; {result['tokens_per_s']:.0f} real tokens/s under the profiler, {result['date']}."]
+    return "\n".join(lines)
+
+
+TABLES = {"generate": generate_table, "train": train_table, "serve": serve_table, "eval": eval_table,
+          "profile_train": profile_table}
 
 
 def table_for(name: str) -> str:
@@ -140,10 +167,18 @@ def table_for(name: str) -> str:
     return TABLES[result["benchmark"]](result)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--write", type=Path, help="fill the marked tables of this Markdown file")
-    args = ap.parse_args()
+def parser():
+    from sumlora.core import cli
+
+    ap = cli.parser("benchmarks.report", __doc__)
+    cli.output(ap, "--write", tracked_ok=("BENCHMARKS.md",), help="fill the marked tables of this Markdown file")
+    return ap
+
+
+def main(argv: list[str]) -> None:
+    from sumlora.core import atomic, cli
+
+    args = cli.parse(parser(), argv)
     if not args.write:
         for f in sorted(RESULTS.glob("*.json")):
             print(f"## {f.stem}\n\n{table_for(f.stem)}\n")
@@ -151,8 +186,10 @@ def main() -> None:
     text = args.write.read_text()
     text = re.sub(r"(<!-- table: ([\w-]+) -->\n).*?(<!-- end -->)",
                   lambda m: m.group(1) + table_for(m.group(2)) + "\n" + m.group(3), text, flags=re.S)
-    args.write.write_text(text)
+    atomic.write_text(args.write, text)
 
 
 if __name__ == "__main__":
-    main()
+    from sumlora.core import cli
+
+    cli.run(main)

@@ -100,12 +100,23 @@ def repro_killed_after_first_checkpoint(proj: Path, log: Path) -> int:
     raise RuntimeError(f"dvc repro ended (exit {dvc.returncode}) before a checkpoint was complete; see {log}")
 
 
-def main() -> int:
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else "gpu-check").resolve()
+def parser():
+    from sumlora.core import cli
+
+    ap = cli.parser("scripts.gpu_check", __doc__, prog="bash scripts/gpu_check.sh")
+    cli.output(ap, "out", nargs="?", kind="dir", default=Path("gpu-check"),
+               help="where results go (default gpu-check/)")
+    return ap
+
+
+def main(argv: list[str]) -> int:
+    from sumlora.core import atomic, cli
+
+    out = cli.parse(parser(), argv).out.resolve()
     size, steps = os.environ.get("SIZE", "phi2"), int(os.environ.get("STEPS", "30"))
     dialogues, new_tokens = int(os.environ.get("DIALOGUES", "16")), int(os.environ.get("NEW_TOKENS", "60"))
     data = Path(os.environ.get("DATA", ROOT.parent / "shared/dialogsum")).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    atomic.ensure_dir(out)
     results: list[tuple[str, bool, str]] = []
 
     def step(name: str, fn) -> bool:
@@ -122,7 +133,7 @@ def main() -> int:
     from sumlora.core.device import environment
 
     env_info = environment()
-    (out / "environment.json").write_text(json.dumps(env_info, indent=2))
+    atomic.write_json(out / "environment.json", env_info)
     print(f"device: {', '.join(env_info.get('gpus', [])) or 'cpu (' + env_info.get('cpu', '') + ')'}; "
           f"compute_dtype auto -> {env_info['compute_dtype_auto']}; bitsandbytes {env_info['bitsandbytes_backend']}",
           flush=True)
@@ -143,7 +154,7 @@ def main() -> int:
         make_project(proj, data, gpu_params(model_dir, steps, dialogues, new_tokens))
         state["killed_at"] = repro_killed_after_first_checkpoint(proj, out / "repro-killed.log")
         second = sh(proj, sys.executable, "-m", "dvc", "repro")
-        (out / "repro-resumed.log").write_text(second.stdout + second.stderr)
+        atomic.write_text(out / "repro-resumed.log", second.stdout + second.stderr)
         if second.returncode:
             raise RuntimeError(f"the second dvc repro failed (exit {second.returncode}):\n{second.stderr[-1500:]}")
         rouge = json.loads((proj / "metrics/rouge.json").read_text())
@@ -170,7 +181,7 @@ def main() -> int:
                "STEPS": os.environ.get("BENCH_STEPS", "10")}
         run = subprocess.run(["bash", str(ROOT / "benchmarks/gpu.sh"), str(out / "bench")], cwd=ROOT, env=env,
                              text=True, capture_output=True)
-        (out / "bench.log").write_text(run.stdout + run.stderr)
+        atomic.write_text(out / "bench.log", run.stdout + run.stderr)
         print(run.stdout, flush=True)
         if run.returncode:
             raise RuntimeError(f"benchmarks/gpu.sh failed (exit {run.returncode}):\n{run.stderr[-1500:]}")
@@ -182,10 +193,12 @@ def main() -> int:
         if os.environ.get("BENCH", "1") != "0":
             step("4 benchmark", benchmark)
     print("\n".join(line for _, _, line in results))
-    (out / "summary.txt").write_text("\n".join(line for _, _, line in results) + "\n")
+    atomic.write_text(out / "summary.txt", "\n".join(line for _, _, line in results) + "\n")
     return 0 if results and all(ok for _, ok, _ in results) else 1
 
 
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
-    sys.exit(main())
+    from sumlora.core import cli
+
+    cli.run(main)

@@ -24,9 +24,14 @@ from sumlora.evaluation.scores import SCORINGS, evaluate
 SYSTEMS = ("base", "base_chat", "finetuned")
 
 
+def parser():
+    ap = cli.path_parser("stages.evaluate", __doc__, "in:predictions_dir", "file:metrics", "dir:reports_dir",
+                         "dir:plots_dir")
+    return ap
+
+
 def main(argv: list[str]) -> None:
-    ap = cli.path_parser(__doc__, "predictions_dir", "metrics", "reports_dir", "plots_dir")
-    args = ap.parse_args(argv)
+    args = cli.parse(parser(), argv)
     params = load_params()
     runs = {name: load_records(args.predictions_dir / f"{name}.jsonl") for name in SYSTEMS}
     if not runs["base_chat"]:
@@ -44,8 +49,8 @@ def main(argv: list[str]) -> None:
     metrics = {"split": params.generate.split, **metrics}  # validation while choosing params, test once chosen
     dialogues = {r["id"]: r["dialogue"] for r in runs["base"]}
 
-    args.reports_dir.mkdir(parents=True, exist_ok=True)
-    args.plots_dir.mkdir(parents=True, exist_ok=True)
+    atomic.ensure_dir(args.reports_dir)
+    atomic.ensure_dir(args.plots_dir)
     buf = io.StringIO()
     fields = list(dict.fromkeys(k for r in rows for k in r))
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")

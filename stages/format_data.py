@@ -21,9 +21,13 @@ from sumlora.data import SPLITS, drop_overlaps, group_references, read_jsonl
 COUNTS = "counts.json"
 
 
+def parser():
+    ap = cli.path_parser("stages.format_data", __doc__, "in:raw_dir", "dir:out_dir")
+    return ap
+
+
 def main(argv: list[str]) -> None:
-    ap = cli.path_parser(__doc__, "raw_dir", "out_dir")
-    args = ap.parse_args(argv)
+    args = cli.parse(parser(), argv)
     params = load_params()
     cli.offline()
     limits = {"train": params.format.max_train_rows, "validation": params.format.max_validation_rows}

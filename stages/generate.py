@@ -21,7 +21,6 @@ dialogues; the main process gathers them and writes the file.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from sumlora.core import atomic, cli
 from sumlora.core.params import load_params
@@ -30,13 +29,17 @@ from sumlora.progress import Progress
 from sumlora.prompt import PromptTemplate
 
 
-def main(argv: list[str]) -> None:
-    ap = cli.path_parser(__doc__, "test_file", "base_dir", "out_file")
+def parser():
+    ap = cli.path_parser("stages.generate", __doc__, "in:test_file", "in:base_dir", "file:out_file")
     mode = ap.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--template", type=Path, help="prompt_template.json: the base model, training prompt")
-    mode.add_argument("--adapter", type=Path, help="LoRA adapter directory (its template beside it)")
+    cli.input(ap, "--template", group=mode, help="prompt_template.json: the base model, training prompt")
+    cli.input(ap, "--adapter", group=mode, help="LoRA adapter directory (its template beside it)")
     mode.add_argument("--chat", action="store_true", help="zero-shot through the chat template")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str]) -> None:
+    args = cli.parse(parser(), argv)
     params = load_params()
     cli.offline()
     import torch

@@ -13,9 +13,13 @@ from sumlora.core import atomic, cli
 from sumlora.core.params import load_params
 
 
+def parser():
+    ap = cli.path_parser("stages.prepare_base", __doc__, "dir:out_dir")
+    return ap
+
+
 def main(argv: list[str]) -> None:
-    ap = cli.path_parser(__doc__, "out_dir")
-    args = ap.parse_args(argv)
+    args = cli.parse(parser(), argv)
     params = load_params()
     with atomic.output_dir(args.out_dir) as tmp:
         info = materialize_base(params.model.name, tmp, params.model.trust_remote_code, params.model.revision)

@@ -12,9 +12,13 @@ from sumlora.core import cli
 from sumlora.core.params import load_params
 
 
+def parser():
+    ap = cli.path_parser("stages.release", __doc__, "in:base_dir", "in:adapter_dir", "in:metrics_dir", "dir:out_dir")
+    return ap
+
+
 def main(argv: list[str]) -> None:
-    ap = cli.path_parser(__doc__, "base_dir", "adapter_dir", "metrics_dir", "out_dir")
-    args = ap.parse_args(argv)
+    args = cli.parse(parser(), argv)
     params = load_params()
     cli.offline()
     from sumlora.modeling import check_adapter, resolve_dequantize

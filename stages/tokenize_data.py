@@ -19,9 +19,14 @@ from sumlora.prompt import template_for
 from sumlora.tokenizing import max_length, tokenize_rows
 
 
+def parser():
+    ap = cli.path_parser("stages.tokenize_data", __doc__, "in:formatted_dir", "in:base_dir", "dir:out_dir",
+                         "file:metrics")
+    return ap
+
+
 def main(argv: list[str]) -> None:
-    ap = cli.path_parser(__doc__, "formatted_dir", "base_dir", "out_dir", "metrics")
-    args = ap.parse_args(argv)
+    args = cli.parse(parser(), argv)
     params = load_params()
     cli.offline()
     from transformers import AutoConfig

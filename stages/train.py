@@ -21,7 +21,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from sumlora.core import atomic, cli
+from sumlora.core import atomic, cli, outputs
 from sumlora.core.params import load_params
 from sumlora.prompt import PromptTemplate
 
@@ -36,9 +36,36 @@ def _next_run(checkpoints_dir: Path) -> str:
             else "the next `dvc repro` starts training again (no checkpoint yet)")
 
 
+def check_finite(model, metrics: dict) -> None:
+    """Refuse to publish an adapter with a non-finite weight or validation loss, naming the first one."""
+    import math
+
+    import torch
+
+    from sumlora.core.errors import ModelError
+
+    for name, p in model.named_parameters():
+        if p.requires_grad and not torch.isfinite(p.detach()).all():
+            raise ModelError(f"training diverged: the adapter weight {name} holds NaN or infinity; nothing was "
+                             "published. Lower train.learning_rate")
+    if not math.isfinite(metrics["eval_loss"]):
+        raise ModelError(f"training diverged: the validation loss is {metrics['eval_loss']}; nothing was published. "
+                         "Lower train.learning_rate")
+
+
+def parser():
+    from sumlora.training.checkpoints import owns
+
+    ap = cli.path_parser("stages.train", __doc__, "in:tokenized_dir", "in:base_dir", "dir:adapter_dir")
+    # the resume cache is not a DVC output: a directory that holds a run's run.json is this stage's
+    cli.output(ap, "checkpoints_dir", kind="dir", owned_if=owns)
+    for name, kind in (("live_dir", "dir"), ("metrics", "file")):
+        cli.output(ap, name, kind=kind)
+    return ap
+
+
 def main(argv: list[str]) -> None:
-    ap = cli.path_parser(__doc__, "tokenized_dir", "base_dir", "adapter_dir", "checkpoints_dir", "live_dir", "metrics")
-    args = ap.parse_args(argv)
+    args = cli.parse(parser(), argv)
     params = load_params()
     cli.offline()
     from sumlora.modeling import ADAPTER_INFO, adapter_info, write_model_dir
@@ -51,6 +78,7 @@ def main(argv: list[str]) -> None:
     # leaves the previous complete live_dir (a resumed run replays its curve so far into a fresh one).
     partial = args.live_dir.with_name(f".{args.live_dir.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)  # left by a killed run
+    outputs.allow(partial)  # a temporary sibling of live_dir, which the write policy cleared
     try:
         result = train(params, args.tokenized_dir, args.base_dir, args.checkpoints_dir, partial)
     except KeyboardInterrupt:  # Ctrl-C: say where the next run picks up, not a 100-line traceback
@@ -66,6 +94,7 @@ def main(argv: list[str]) -> None:
               file=sys.stderr)
         sys.exit(1)
     if result.main:  # the other processes of a multi-process run write nothing
+        check_finite(result.model, result.metrics)  # a diverged run publishes nothing
         write_model_dir(args.adapter_dir, result.model, result.tokenizer, template, ADAPTER_INFO,
                         adapter_info(args.base_dir, result.base_sha256))
         mark_finished(args.checkpoints_dir, result.fingerprint)  # published: never resumed

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 from sumlora.core import cli
@@ -44,11 +43,15 @@ def lines(info: dict) -> list[str]:
     return out
 
 
-def main(argv: list[str]) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parser():
+    ap = cli.parser("sumlora.doctor", __doc__)
     ap.add_argument("--json", action="store_true", help="print JSON")
     ap.add_argument("--require-cuda", action="store_true", help="fail unless the GPU path can run")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str]) -> None:
+    args = cli.parse(parser(), argv)
     from sumlora.core.device import environment
     from sumlora.modeling import quiet_known_notices
 

@@ -15,6 +15,11 @@ def pyplot():
 
 
 def save_png(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight", metadata={"Software": None})
-    tmp.replace(path)
+    """Write ``fig`` to ``path`` as PNG, atomically (no software version in it: the same figure, the same bytes)."""
+    import io
+
+    from sumlora.core import atomic
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    atomic.write_bytes(path, buf.getvalue())

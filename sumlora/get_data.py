@@ -5,12 +5,12 @@
     dvc add data/raw/dialogsum
 
 Every row is validated (file, line, field) before anything is written; the directory is
-replaced whole. This is the only step that may touch the network.
+replaced whole, and only if it is new, empty or was written by this command (the write policy,
+sumlora/core/outputs.py; --force replaces another). This is the only step that may touch the network.
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from sumlora.core import atomic, cli
@@ -32,26 +32,29 @@ def from_hub(tmp: Path) -> None:
         ds[split].to_json(tmp / f"{split}.jsonl", lines=True, force_ascii=False)
 
 
+def parser():
+    ap = cli.parser("sumlora.get_data", __doc__)
+    cli.input(ap, "--source", required=True, help="'hub' or a directory holding train/validation/test.jsonl")
+    cli.output(ap, "--out", kind="dir", default=Path("data/raw/dialogsum"), help="the directory to fill")
+    return ap
+
+
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--source", required=True, help="'hub' or a directory holding train/validation/test.jsonl")
-    ap.add_argument("--out", type=Path, default=Path("data/raw/dialogsum"))
-    args = ap.parse_args(argv)
-    if args.source != "hub" and not Path(args.source).is_dir():
+    args = cli.parse(parser(), argv)
+    hub = str(args.source) == "hub"
+    if not hub and not args.source.is_dir():
         raise DataError(f"--source {args.source}: not a directory (give 'hub' or a directory holding "
                         + ", ".join(f"{s}.jsonl" for s in SPLITS) + ")")
-    if args.out.exists() and not args.out.is_dir():
-        raise DataError(f"--out {args.out}: exists and is not a directory (move it away first)")
     with atomic.output_dir(args.out) as tmp:
-        if args.source == "hub":
+        if hub:
             from_hub(tmp)
             sources = {split: tmp / f"{split}.jsonl" for split in SPLITS}
         else:
-            sources = {split: Path(args.source) / f"{split}.jsonl" for split in SPLITS}
+            sources = {split: args.source / f"{split}.jsonl" for split in SPLITS}
         counts = {split: len(read_jsonl(path)) for split, path in sources.items()}  # validates every row
-        if args.source != "hub":
+        if not hub:
             for split, path in sources.items():
-                (tmp / f"{split}.jsonl").write_bytes(path.read_bytes())
+                atomic.copy_file(path, tmp / f"{split}.jsonl")
     print(f"{args.out}: " + ", ".join(f"{s} {n} rows" for s, n in counts.items()))
     return 0
 

@@ -14,34 +14,12 @@ degrades the model, so this tool has no such mode (and says which way it merged)
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 from pathlib import Path
 
 from sumlora.core import cli
-from sumlora.core.errors import SumloraError
 
 MERGE_INFO = "merge_info.json"  # beside the merged model: what was merged, and how
-
-
-def check_output_dir(out_dir: Path, inputs: list[Path], force: bool) -> None:
-    """Refuse, before any work, an output directory that would destroy something: one that is, holds or
-    lies inside an input (always), a non-empty one (unless ``force``), one that cannot be written."""
-    out = out_dir.resolve()
-    for src in inputs:
-        src = src.resolve()
-        if out == src or out in src.parents or src in out.parents:
-            raise SumloraError(f"{out_dir}: refusing to write the merged model there: it is, holds or lies inside "
-                               f"the input {src} (choose a new directory, e.g. models/merged)")
-    if out.is_file() or out.is_symlink():
-        raise SumloraError(f"{out_dir}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise SumloraError(f"{out_dir}: exists and is not empty; it would be replaced as a whole "
-                           "(pass --force to do that, or choose another directory)")
-    parent = next(p for p in [out, *out.parents] if p.exists())
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise SumloraError(f"{out_dir}: cannot write there ({parent} is not writable)")
 
 
 def merge(base_dir, adapter_dir, out_dir, model_params, dtype: str = "float32") -> dict:
@@ -59,24 +37,26 @@ def merge(base_dir, adapter_dir, out_dir, model_params, dtype: str = "float32") 
     return info
 
 
-def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sumlora.merge", description=__doc__.splitlines()[0])
-    ap.add_argument("out_dir", type=Path, help="new or empty directory to write")
-    ap.add_argument("--force", action="store_true", help="replace out_dir as a whole if it is not empty")
-    ap.add_argument("--adapter", type=Path, required=True, help="adapter directory (models/adapter)")
-    ap.add_argument("--base", type=Path, default=Path("models/base"), help="base model directory")
-    ap.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file for model settings")
+def parser():
+    ap = cli.parser("sumlora.merge", __doc__)
+    cli.output(ap, "out_dir", kind="dir", help="new or empty directory to write (or one this command wrote)")
+    cli.input(ap, "--adapter", required=True, help="adapter directory (models/adapter)")
+    cli.input(ap, "--base", default=Path("models/base"), help="base model directory")
+    cli.input(ap, "--params", default=Path("params.yaml"), help="params file for model settings")
     ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                     help="dtype of the merged weights (default float32)")
-    args = ap.parse_args(argv)
-    return cli.call(lambda _: _merge(args), argv)
+    return ap
 
 
-def _merge(args) -> int:
+def main(argv: list[str]) -> int:
+    return cli.call(_merge, argv)
+
+
+def _merge(argv: list[str]) -> int:
     from sumlora.core.params import ModelParams, load_params
 
+    args = cli.parse(parser(), argv)  # the write policy: refused before the model loads
     cli.offline()
-    check_output_dir(args.out_dir, [args.adapter, args.base], args.force)
     model_params = load_params(args.params).model if args.params.is_file() else ModelParams()
     info = merge(args.base, args.adapter, args.out_dir, model_params, args.dtype)
     how = (f"de-quantized from 4-bit {info['base_dequantized_from']} to {info['dtype']} (not merged into "

@@ -5,19 +5,18 @@
 
 ``set-args`` prints the ``-S key=value`` arguments that turn the current params.yaml into
 the target configuration, for ``dvc exp run $(...)``. ``check`` runs the same validation as
-the ``check_params`` stage, the prompt template's check included.
+the ``check_params`` stage, the prompt template's and the model's checks included.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import sys
+from pathlib import Path
 
 from sumlora.core import cli
 from sumlora.core.params import Params, load_params
+from sumlora.model_source import problems
 from sumlora.prompt import check_template_fits
-
-USAGE = "usage: python -m sumlora.params check PARAMS.yaml | set-args TARGET.yaml [CURRENT.yaml]"
 
 
 def flatten(obj, prefix: str = "") -> dict:
@@ -52,15 +51,22 @@ def set_args(target: Params, current: Params) -> list[str]:
     return args
 
 
+def parser():
+    ap = cli.parser("sumlora.params", __doc__)
+    ap.add_argument("action", choices=("check", "set-args"), help="check a params file, or print -S arguments")
+    cli.input(ap, "target", help="the params file to check, or the configuration to turn params.yaml into")
+    cli.input(ap, "current", nargs="?", default=Path("params.yaml"), help="set-args: the params file to change")
+    return ap
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) not in (2, 3) or argv[0] not in ("check", "set-args"):
-        print(USAGE, file=sys.stderr)
-        return 2
-    target = load_params(argv[1], extra_checks=[check_template_fits])
-    if argv[0] == "check":
-        print(f"{argv[1]}: ok")
+    args = cli.parse(parser(), argv)
+    checks = [check_template_fits] + ([problems] if args.action == "check" else [])  # set-args: maybe another machine
+    target = load_params(args.target, extra_checks=checks)
+    if args.action == "check":
+        print(f"{args.target}: ok")
         return 0
-    current = load_params(argv[2] if len(argv) == 3 else "params.yaml")
+    current = load_params(args.current)
     print(" ".join(set_args(target, current)))
     return 0
 

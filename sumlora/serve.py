@@ -17,7 +17,6 @@ requests get a 4xx with an OpenAI-style ``{"error": {"message": ...}}``, naming 
 ``release.json`` and ``generation_config.json``); a plain adapter uses ``--params`` (params.yaml).
 """
 
-import argparse
 import asyncio
 import json
 import queue
@@ -262,12 +261,12 @@ def create_app(summarizer: Summarizer, max_batch: int = 8, max_wait_ms: float = 
     return app
 
 
-def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sumlora.serve", description=__doc__.splitlines()[0])
-    ap.add_argument("--adapter", "--release", type=Path, default=Path("models/release"),
-                    help="a release (models/release) or an adapter directory (models/adapter)")
-    ap.add_argument("--base", type=Path, default=Path("models/base"), help="base model directory")
-    ap.add_argument("--params", type=Path, default=Path("params.yaml"), help="model settings for a plain adapter")
+def parser():
+    ap = cli.parser("sumlora.serve", __doc__)
+    cli.input(ap, "--adapter", "--release", default=Path("models/release"),
+              help="a release (models/release) or an adapter directory (models/adapter)")
+    cli.input(ap, "--base", default=Path("models/base"), help="base model directory")
+    cli.input(ap, "--params", default=Path("params.yaml"), help="model settings for a plain adapter")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--max-batch", type=int, default=8, help="most dialogues in one generate call")
@@ -276,9 +275,12 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=None, help="default: the release's or params.yaml's")
     ap.add_argument("--dequantize", choices=("auto", "none", "float32", "bfloat16"), default=None,
                     help="override the weights generation computes with (default: the release's, or params.yaml's)")
-    args = ap.parse_args(argv)
+    return ap
 
+
+def main(argv: list[str]) -> int:
     def run(_):
+        args = cli.parse(parser(), argv)
         for name in ("max_batch", "max_items"):
             if getattr(args, name) < 1:
                 raise SumloraError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")

@@ -6,7 +6,9 @@
 
 A file (``--input``: JSONL rows ``{"id", "dialogue"}``, or plain text with dialogues separated by blank
 lines) is summarized in batches with a progress display, written whole at the end, and resumable: a rerun
-skips what an interrupted run already wrote (sumlora/batch.py).
+skips what an interrupted run of the same input, adapter, base and settings already wrote (sumlora/batch.py).
+An existing output is replaced only with ``--force``; the output may not be the input (the write policy,
+sumlora/core/outputs.py).
 
 The prompt template saved beside the adapter is used, so the prompt is the one the adapter
 was trained with. Quantization settings come from params.yaml (``model`` section) when it
@@ -16,7 +18,6 @@ than the model's context) print one line and exit 1.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -24,20 +25,24 @@ from sumlora.core import cli
 from sumlora.core.errors import DataError, SumloraError
 
 
+def parser():
+    ap = cli.parser("sumlora.summarize", __doc__)
+    cli.input(ap, "dialogue", nargs="?", default=None, help="dialogue text file, or - for standard input (default)")
+    cli.input(ap, "--adapter", required=True, help="adapter directory (models/adapter)")
+    cli.input(ap, "--base", default=Path("models/base"), help="base model directory")
+    cli.input(ap, "--params", default=Path("params.yaml"), help="params file for model settings")
+    ap.add_argument("--max-new-tokens", type=int, default=None, help="default: generate.max_new_tokens")
+    cli.input(ap, "--input", help="a file of dialogues: .jsonl rows {id, dialogue}, or plain text")
+    cli.output(ap, "--output", help="where --input's summaries go (.jsonl, or one per line)")
+    ap.add_argument("--batch-size", type=int, default=None, help="with --input; default: generate.batch_size")
+    return ap
+
+
 def main(argv: list[str], stdin=None, stdout=None) -> int:
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
-    ap = argparse.ArgumentParser(prog="python -m sumlora.summarize", description=__doc__.splitlines()[0])
-    ap.add_argument("dialogue", nargs="?", default=None, help="dialogue text file, or - for standard input (default)")
-    ap.add_argument("--adapter", type=Path, required=True, help="adapter directory (models/adapter)")
-    ap.add_argument("--base", type=Path, default=Path("models/base"), help="base model directory")
-    ap.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file for model settings")
-    ap.add_argument("--max-new-tokens", type=int, default=None, help="default: generate.max_new_tokens")
-    ap.add_argument("--input", type=Path, help="a file of dialogues: .jsonl rows {id, dialogue}, or plain text")
-    ap.add_argument("--output", type=Path, help="where --input's summaries go (.jsonl, or one per line)")
-    ap.add_argument("--batch-size", type=int, default=None, help="with --input; default: generate.batch_size")
-    args = ap.parse_args(argv)
 
     def run(_):
+        args = cli.parse(parser(), argv)
         if args.max_new_tokens is not None and args.max_new_tokens < 1:
             raise SumloraError(f"--max-new-tokens: must be >= 1, got {args.max_new_tokens}")
         if args.input is None and args.output is None:
@@ -116,14 +121,35 @@ def summarize(args, stdin) -> str:
     return summary
 
 
+def fingerprint(args, model_params, gp, max_new: int) -> dict:
+    """What an output of ``--input`` depends on: the input file's bytes, the adapter and base (their files'
+    SHA-256), and the settings that shape a summary. Recorded in ``OUTPUT.partial``; a resumed run must match."""
+    import dataclasses
+    import hashlib
+
+    from sumlora.modeling import base_identity, resolve_dequantize, sha256_file
+
+    def tree(d: Path) -> str:
+        return hashlib.sha256("".join(f"{f.relative_to(d).as_posix()}:{sha256_file(f)}\n" for f in sorted(
+            p for p in d.rglob("*") if p.is_file())).encode()).hexdigest()
+
+    return {"input": sha256_file(args.input), "adapter": tree(args.adapter), "base": base_identity(args.base),
+            "max_new_tokens": max_new, "dequantize": resolve_dequantize(gp.dequantize, model_params),
+            "model": dataclasses.asdict(model_params)}
+
+
 def summarize_batch(args) -> None:
-    from sumlora.batch import read_dialogues, summarize_file
+    from sumlora.batch import check_partial, read_dialogues, summarize_file
     from sumlora.generation import check_fits, generate_summaries, summary_prompts
     from sumlora.modeling import model_max_positions
 
     if args.batch_size is not None and args.batch_size < 1:
         raise SumloraError(f"--batch-size: must be >= 1, got {args.batch_size}")
     read_dialogues(args.input)  # every row checked before the model loads
+    model_params, gp = model_settings(args.params)
+    max_new = args.max_new_tokens if args.max_new_tokens is not None else gp.max_new_tokens
+    source = fingerprint(args, model_params, gp, max_new)
+    check_partial(args.output, source, args.force)  # a partial output of other work: refused before loading
     model, tok, template, gp, max_new = _load(args)
     context = model_max_positions(model.config)
 
@@ -133,8 +159,8 @@ def summarize_batch(args) -> None:
     def run(dialogues):
         return generate_summaries(model, tok, template, dialogues, len(dialogues), max_new)
 
-    done, skipped = summarize_file(args.input, args.output, run, args.batch_size or gp.batch_size, check)
-    print(f"{done} summarized" + (f", {skipped} already in {args.output} or its .partial file" if skipped else "")
+    done, skipped = summarize_file(args.input, args.output, run, args.batch_size or gp.batch_size, check, source)
+    print(f"{done} summarized" + (f", {skipped} resumed from {args.output}.partial" if skipped else "")
           + f" -> {args.output}", file=sys.stderr)
 
 

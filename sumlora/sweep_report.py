@@ -1,7 +1,7 @@
 """Rank a sweep's experiments: a Markdown table and a PNG of the metric against each swept param.
 
     python -m sumlora.sweep_report                          # reads `dvc exp show --json` here
-    python -m sumlora.sweep_report --metric rougeL --scoring all_refs --out reports/sweep
+    python -m sumlora.sweep_report --metric rougeL --scoring all_refs --out sweep
     python -m sumlora.sweep_report --exp-show exp.json      # from a saved `dvc exp show --json`
 
 Every experiment with ROUGE metrics is a row (the workspace row is left out; commits' own rows are
@@ -14,7 +14,6 @@ the ranking is per split (validation first). Writes ``OUT/sweep.md`` and ``OUT/s
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -122,13 +121,17 @@ def figure(rows: list[dict], scoring: str, metric: str, path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str]) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parser():
+    ap = cli.parser("sumlora.sweep_report", __doc__)
     ap.add_argument("--metric", choices=ROUGE, default="rougeL")
     ap.add_argument("--scoring", choices=SCORINGS, default="all_refs")
-    ap.add_argument("--exp-show", type=Path, help="a saved `dvc exp show --json` (default: run it here)")
-    ap.add_argument("--out", type=Path, default=Path("reports/sweep"))
-    args = ap.parse_args(argv)
+    cli.input(ap, "--exp-show", help="a saved `dvc exp show --json` (default: run it here)")
+    cli.output(ap, "--out", kind="dir", default=Path("sweep"), help="directory for sweep.md and sweep.png")
+    return ap
+
+
+def main(argv: list[str]) -> None:
+    args = cli.parse(parser(), argv)
     if args.exp_show:
         text = args.exp_show.read_text()
     else:
@@ -139,10 +142,10 @@ def main(argv: list[str]) -> None:
     rows = runs(json.loads(text))
     if not rows:
         raise SumloraError("no experiment or commit with metrics/rouge.json in `dvc exp show` (run some first)")
-    args.out.mkdir(parents=True, exist_ok=True)
     report = markdown(rows, args.scoring, args.metric)
-    atomic.write_text(args.out / "sweep.md", report)
-    figure(rows, args.scoring, args.metric, args.out / "sweep.png")
+    with atomic.output_dir(args.out) as tmp:
+        atomic.write_text(tmp / "sweep.md", report)
+        figure(rows, args.scoring, args.metric, tmp / "sweep.png")
     print(report + f"\nwritten: {args.out / 'sweep.md'}, {args.out / 'sweep.png'}")
 
 

@@ -126,25 +126,41 @@ def small_disk(tmp_path):
         subprocess.run(["umount", str(m)], capture_output=True)
 
 
+def save_nonzero_adapter(base_dir: Path, out_dir: Path, params, template=None) -> None:
+    """A LoRA adapter on ``base_dir`` whose update is not zero (a fresh LoRA B is zero, so an adapter straight from
+    initialisation changes nothing and a test could not tell whether it was applied), with its template and
+    adapter_info.json, as the train stage writes them."""
+    import torch
+
+    from sumlora.lora import prepare_qlora_model
+    from sumlora.modeling import write_adapter_info
+    from sumlora.prompt import PromptTemplate
+
+    model, _ = prepare_qlora_model(base_dir, params)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    model.save_pretrained(out_dir)
+    (template or PromptTemplate()).save(out_dir)
+    write_adapter_info(out_dir, base_dir)
+
+
 @pytest.fixture(scope="session")
 def tiny_release(tmp_path_factory, tiny_llama_dir) -> Path:
-    """A directory with ``base`` (the tiny Llama as the base_model stage writes it), ``adapter`` (a fresh LoRA
-    adapter on it, with the default template) and ``params.yaml`` (generation: float32 weights, 8 new tokens)."""
+    """A directory with ``base`` (the tiny Llama as the base_model stage writes it), ``adapter`` (a LoRA adapter on
+    it with non-zero weights and the default template) and ``params.yaml`` (generation: float32 weights, 8 new
+    tokens)."""
     import yaml
 
     from sumlora.convert import materialize_base
     from sumlora.core.params import load_params
-    from sumlora.lora import prepare_qlora_model
-    from sumlora.modeling import write_adapter_info
-    from sumlora.prompt import PromptTemplate
 
     root = tmp_path_factory.mktemp("tiny-release")
     materialize_base(str(tiny_llama_dir), root / "base")
     p = yaml.safe_load((ROOT / "params.yaml").read_text())
     p["generate"].update(dequantize="float32", max_new_tokens=8)  # float32: batching changes no greedy choice
     (root / "params.yaml").write_text(yaml.safe_dump(p))
-    model, _ = prepare_qlora_model(root / "base", load_params(root / "params.yaml"))
-    model.save_pretrained(root / "adapter")
-    PromptTemplate().save(root / "adapter")
-    write_adapter_info(root / "adapter", root / "base")
+    save_nonzero_adapter(root / "base", root / "adapter", load_params(root / "params.yaml"))
     return root

@@ -14,13 +14,9 @@ import threading
 import time
 from pathlib import Path
 
+from sumlora.testing import free_port  # noqa: F401 - the tests import it from here too
+
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_for_port(port: int, timeout: float = 10.0) -> None:

@@ -63,7 +63,7 @@ def test_generation_benchmark_interleaves_the_arms_and_compares_summaries(tmp_pa
     assert 0 <= r["runs"][0]["rouge1"] <= 100
     from benchmarks.report import generate_table
 
-    assert generate_table(r) in out and "| **1.00x** (1.00-1.00) |" in generate_table(r)
+    assert generate_table(r) in out  # the script prints the table of what it wrote (its figures: tests/test_report.py)
 
 
 def test_evaluation_benchmark_times_the_trainers_pass_by_row_order_and_batch(tmp_path, tiny_release, dialogsum_dir):
@@ -84,24 +84,30 @@ def test_evaluation_benchmark_times_the_trainers_pass_by_row_order_and_batch(tmp
     assert all(x["seconds"] > 0 and x["peak_rss_mb"] > 0 for x in r["runs"])
     from benchmarks.report import eval_table
 
-    assert eval_table(r) in out and "| **1.00x** (1.00-1.00) |" in eval_table(r)
+    assert eval_table(r) in out
 
 
-def test_serving_benchmark_interleaves_batched_and_one_at_a_time_servers(tmp_path, tiny_release, dialogsum_dir):
+def test_serving_benchmark_runs_both_schedulers_idle_and_mixed_interleaved(tmp_path, tiny_release, dialogsum_dir):
+    """The fifo arm is a server exported from a git revision (HEAD here: any clone has it); the mechanism is the
+    point, the figures are tests/test_report.py's."""
     out = bench("-m", "benchmarks.bench_serve", "--base", str(tiny_release / "base"), "--adapter",
                 str(tiny_release / "adapter"), "--params", str(tiny_release / "params.yaml"), "--data",
-                str(dialogsum_dir), "--requests", "6", "--clients", "1,3", "--repeats", "2",
-                "--json", str(tmp_path / "s.json"))
+                str(dialogsum_dir), "--big", "1", "--big-size", "6", "--small", "5", "--repeats", "2",
+                "--baseline-rev", "HEAD", "--json", str(tmp_path / "s.json"))
     r = json.loads((tmp_path / "s.json").read_text())
-    order = [(x["repeat"], x["clients"], x["arm"]) for x in r["runs"]]
-    assert order == [(0, 1, "one_at_a_time"), (0, 1, "batched"), (0, 3, "one_at_a_time"), (0, 3, "batched"),
-                     (1, 1, "batched"), (1, 1, "one_at_a_time"), (1, 3, "batched"), (1, 3, "one_at_a_time")]
-    assert all(len(x["latencies"]) == 6 and min(x["latencies"]) > 0 and x["seconds"] > 0 for x in r["runs"])
-    assert all(x["same_as_other_arm"] == 6 for x in r["runs"])  # float32: batching changes no summary
-    assert r["server_args"]["one_at_a_time"] == ["--max-batch", "1"] and min(r["peak_rss_mb"].values()) > 0
+    order = [(x["repeat"], x["arm"], x["phase"]) for x in r["runs"]]
+    assert order == [(0, "fifo", "idle"), (0, "fifo", "mixed"), (0, "fair", "idle"), (0, "fair", "mixed"),
+                     (1, "fair", "idle"), (1, "fair", "mixed"), (1, "fifo", "idle"), (1, "fifo", "mixed")]
+    for x in r["runs"]:
+        kinds = [q["class"] for q in x["requests"]]
+        assert kinds.count("big") == (1 if x["phase"] == "mixed" else 0) and kinds.count("small") >= 4
+        assert x["phase"] == "mixed" or kinds.count("small") == 5
+        assert all(q["latency"] > 0 for q in x["requests"]) and x["seconds"] > 0
+        assert {q["dialogues"] for q in x["requests"] if q["class"] == "big"} <= {6}
+    assert min(r["peak_rss_mb"].values()) > 0 and "summary" not in json.dumps(r)
     from benchmarks.report import serve_table
 
-    assert serve_table(r) in out and "| 1 | one at a time |" in serve_table(r)
+    assert serve_table(r) in out
 
 
 def test_gpu_check_runs_on_cpu_with_a_tiny_phi(tmp_path, dialogsum_dir):

@@ -95,7 +95,8 @@ def test_get_data_refuses_a_source_or_output_that_is_a_file(tmp_path, dialogsum_
     (tmp_path / "raw").write_text("a file where the data directory should be")
     out = subprocess.run(script + ["--source", str(dialogsum_dir), "--out", str(tmp_path / "raw")],
                          capture_output=True, text=True, cwd=ROOT)
-    assert out.returncode == 1 and "raw: exists and is not a directory" in out.stderr, out.stderr
+    assert out.returncode == 1 and "raw: refusing to write there: it exists and is not a directory" in out.stderr, \
+        out.stderr
     assert (tmp_path / "raw").read_text() == "a file where the data directory should be"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw", "train.jsonl"]  # nothing left behind
 

@@ -1,6 +1,7 @@
 """Merging base + adapter into a standalone model that plain transformers loads."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -8,9 +9,8 @@ import torch
 from sumlora.convert import materialize_base
 from sumlora.core.params import load_params
 from sumlora.generation import generate_summaries
-from sumlora.lora import prepare_qlora_model
 from sumlora.merge import MERGE_INFO, main
-from sumlora.modeling import load_model_and_tokenizer, read_base_info, write_adapter_info
+from sumlora.modeling import load_model_and_tokenizer, read_base_info
 from sumlora.prompt import DEFAULT
 
 DIALOGUES = ["#Person1#: Are you coming tonight?\n#Person2#: Yes, I'll bring a cake.",
@@ -20,20 +20,12 @@ DIALOGUES = ["#Person1#: Are you coming tonight?\n#Person2#: Yes, I'll bring a c
 
 @pytest.fixture(scope="module", params=["llama", "phi"])
 def adapter(request, tmp_path_factory, tiny_llama_dir, tiny_phi_dir):
-    from conftest import ROOT
+    from conftest import ROOT, save_nonzero_adapter
 
     root = tmp_path_factory.mktemp(f"merge-{request.param}")
     materialize_base(str(tiny_llama_dir if request.param == "llama" else tiny_phi_dir), root / "base")
     params = load_params(ROOT / "params.yaml")
-    model, _ = prepare_qlora_model(root / "base", params)
-    torch.manual_seed(0)
-    with torch.no_grad():  # a fresh LoRA B is zero (a no-op); make the update large enough to matter
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.5)
-    model.save_pretrained(root / "adapter")
-    DEFAULT.save(root / "adapter")
-    write_adapter_info(root / "adapter", root / "base")
+    save_nonzero_adapter(root / "base", root / "adapter", params, DEFAULT)
     return root, params.model
 
 
@@ -94,9 +86,11 @@ def test_a_non_empty_output_directory_is_refused_unless_forced(adapter, tmp_path
     (out / "notes.txt").write_text("mine")
     args = ["--adapter", str(root / "adapter"), "--base", str(root / "base"), "--params", "missing.yaml"]
     assert main([str(out), *args]) == 1
-    assert "exists and is not empty" in capsys.readouterr().err and (out / "notes.txt").read_text() == "mine"
+    assert "a non-empty directory and this command did not write it" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "mine"
     assert main([str(out), *args, "--force"]) == 0
     assert not (out / "notes.txt").exists() and (out / "model.safetensors").is_file()
+    assert main([str(out), *args]) == 0  # its own output (the marker says so) is replaced without --force
 
 
 @pytest.mark.parametrize("where", ["parent of the adapter", "the adapter", "inside the adapter", "the base"])
@@ -107,11 +101,11 @@ def test_an_output_directory_that_is_or_holds_an_input_is_always_refused(adapter
     before = sorted(str(p) for p in root.rglob("*"))
     code = main([str(out), "--adapter", str(root / "adapter"), "--base", str(root / "base"),
                  "--params", "missing.yaml", "--force"])
-    assert code == 1 and "it is, holds or lies inside the input" in capsys.readouterr().err
+    assert code == 1 and re.search(r"it (is|holds|lies inside) the input --(adapter|base)", capsys.readouterr().err)
     assert sorted(str(p) for p in root.rglob("*")) == before  # nothing deleted or added
 
 
-@pytest.mark.parametrize("disk, message", [("ro", "cannot write there"), ("full", "No space left on device")])
+@pytest.mark.parametrize("disk, message", [("ro", "Read-only file system"), ("full", "No space left on device")])
 def test_merge_onto_a_read_only_or_full_disk_is_one_line_and_leaves_nothing(adapter, small_disk, disk, message,
                                                                              capsys):
     """Read-only: refused before the model loads; full: the write fails, named, and no partial directory stays."""
@@ -120,7 +114,7 @@ def test_merge_onto_a_read_only_or_full_disk_is_one_line_and_leaves_nothing(adap
     code = main([str(out), "--adapter", str(root / "adapter"), "--base", str(root / "base"),
                  "--params", "missing.yaml"])
     last = capsys.readouterr().err.splitlines()[-1]  # after the weights' loading bar, if the model loaded
-    assert code == 1 and last.startswith(f"error: {out}") and message in last, last
+    assert code == 1 and last.startswith("error: ") and str(out) in last and message in last, last
     assert list(small_disk[disk].iterdir()) == []
 
 

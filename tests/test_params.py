@@ -1,5 +1,6 @@
 """The params schema: committed configs validate; bad values are all reported with key paths."""
 
+import re
 import subprocess
 import sys
 
@@ -136,3 +137,70 @@ def test_the_code_defaults_are_the_values_in_params_yaml():
     from sumlora.core.params import Params
 
     assert flatten(Params()) == flatten(committed())
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("train.learning_rate", float("inf"), "train.learning_rate: must be a finite number, got inf"),
+    ("train.learning_rate", float("nan"), "train.learning_rate: must be a finite number, got nan"),
+    ("lora.dropout", float("nan"), "lora.dropout: must be a finite number, got nan"),
+    ("seed", 4294967296, "seed: must be below 2,147,483,648 in size, got 4,294,967,296"),
+    ("train.max_steps", 10**30, "train.max_steps: must be below 2,147,483,648 in size"),
+])
+def test_non_finite_and_out_of_range_numbers_are_refused(tmp_path, key, value, message):
+    """Reported: learning_rate .inf passed the check and published a NaN adapter; .nan and a seed of 2**32 ended in
+    tracebacks after DVC had removed the outputs. The check refuses them, in the file as YAML writes them."""
+    data = committed()
+    *parents, leaf = key.split(".")
+    node = data
+    for p in parents:
+        node = node[p]
+    node[leaf] = value
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert (".inf" in path.read_text() or ".nan" in path.read_text()) == isinstance(value, float)
+    out = subprocess.run([sys.executable, "-m", "sumlora.params", "check", str(path)], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode == 1 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_a_repeated_key_is_refused_as_dvc_refuses_it(tmp_path):
+    """Reported: a duplicated key passed the check (PyYAML keeps the last), then `dvc repro` refused the file."""
+    text = (ROOT / "params.yaml").read_text().replace("  r: 16 ", "  r: 16\n  r: 8 ", 1)
+    assert text.count("\n  r: ") == 2
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    out = subprocess.run([sys.executable, "-m", "sumlora.params", "check", str(path)], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode == 1 and "found the key 'r' twice" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("case", ["misspelled local path", "directory without a model", "invalid hub id",
+                                  "unknown target module", "max_length above the context"])
+def test_what_only_the_model_can_tell_is_checked_before_any_stage_runs(tmp_path, tiny_llama_dir, case):
+    """Reported: each passed the check, then cost the stage's outputs and ended in a traceback. Checked from the
+    model's config (no weights loaded); the tiny Llama stands for a local model directory."""
+    from sumlora.model_source import problems
+
+    data = committed()
+    data["model"]["name"] = str(tiny_llama_dir)
+    if case == "misspelled local path":
+        data["model"]["name"] = "/models/my-lama"
+    elif case == "directory without a model":
+        data["model"]["name"] = str(tmp_path)
+    elif case == "invalid hub id":
+        data["model"]["name"] = "not a/valid id"
+    elif case == "unknown target module":
+        data["lora"]["target_modules"] = ["q_proj", "nonexistent_proj"]
+    else:
+        data["tokenize"]["max_length"] = 100_000
+    expected = {"misspelled local path": "model.name: '/models/my-lama' looks like a local path, but nothing is there",
+                "directory without a model": "is a local path but holds no model (no config.json in it)",
+                "invalid hub id": "model.name: 'not a/valid id' is neither a local directory nor a valid hub id",
+                "unknown target module": "lora.target_modules: ['nonexistent_proj'] are not modules of",
+                "max_length above the context": "tokenize.max_length: 100000 is above the context length of"}[case]
+    with pytest.raises(ParamsError, match=re.escape(expected)):
+        parse_params(data, extra_checks=[problems])
+    data = committed()
+    data["model"]["name"] = str(tiny_llama_dir)
+    data["lora"]["target_modules"] = ["q_proj", "v_proj", "gate_proj"]
+    parse_params(data, extra_checks=[problems])  # real module names pass

@@ -6,7 +6,7 @@ import sys
 import time
 
 import pytest
-from project import dvc, make_project, network_attempts, ran_stages, read_json, set_params, sh
+from project import dvc, make_project, network_attempts, ran_stages, read_json, set_params, sh, status
 
 from sumlora.prompt import DEFAULT, PromptTemplate
 
@@ -79,7 +79,7 @@ def test_each_stage_logs_its_output_and_training_shows_progress(project):
     """logs/STAGE.log (git-ignored) of the first `dvc repro`: every stage's prints between a header and its exit
     status; training's progress line per logging step; the known harmless notices not repeated."""
     logs = project / "logs"
-    assert {p.stem for p in logs.glob("*.log")} == ALL_STAGES
+    assert {p.stem for p in logs.glob("*.log")} == ALL_STAGES | {"model_source"}
     train = (logs / "train.log").read_text()
     assert train.startswith("=== ") and "stages/train.py data/tokenized models/base" in train.splitlines()[0]
     assert re.search(r"^  2/2 steps, loss \d+\.\d+ \(.*left\)$", train, re.M), train[-2000:]
@@ -94,7 +94,8 @@ def test_each_stage_logs_its_output_and_training_shows_progress(project):
 def test_second_repro_is_up_to_date(project):
     out = dvc(project, "repro").stdout
     assert ran_stages(out) == set(), out
-    assert "up to date" in dvc(project, "status").stdout
+    assert status(project) == {}
+    assert "model_source" in dvc(project, "status").stdout  # always changed: it re-hashes the model source
 
 
 @pytest.mark.slow
@@ -237,7 +238,8 @@ def test_tokenize_fails_when_max_length_drops_every_row(project):
     assert re.search(r"tokenize.max_length: 40 drops all 12 train rows of data/formatted/train.jsonl "
                      r"\(the shortest has \d+ tokens\): raise tokenize.max_length", out.stderr), out.stderr[-2000:]
     log = (project / "logs/tokenize.log").read_text().splitlines()  # the failure, in the stage's log
-    assert log[-1].startswith("=== exit 1 after") and "drops all 12 train rows" in log[-2], log[-3:]
+    assert log[-1].startswith("=== exit 1 after") and "drops all 12 train rows" in log[-3], log[-3:]
+    assert "`dvc checkout tokenize`" in log[-2]  # how to restore what DVC removed before the stage ran
     sh(project, "git", "checkout", "metrics/data.json")  # restorable: git for the metric, the cache for the data
     dvc(project, "checkout")
     assert ran_stages(dvc(project, "repro").stdout) == set()
@@ -265,7 +267,7 @@ def test_generate_on_a_read_only_or_full_disk_is_one_line(project, small_disk, d
     out_file = small_disk[disk] / "base.jsonl"
     out = sh(project, sys.executable, "-m", "stages.generate", "data/formatted/test.jsonl", "models/base",
              str(out_file), "--template", "data/tokenized/prompt_template.json", check=False)
-    assert out.returncode == 1 and f"error: {out_file}: {message}" in out.stderr, out.stderr[-2000:]
+    assert out.returncode == 1 and str(out_file) in out.stderr and message in out.stderr, out.stderr[-2000:]
     assert "Traceback" not in out.stderr
     # read-only: refused before any summary is generated; full: at the write; nothing half-written either way
     generated = re.search(r"^\s*\d+/\d+ dialogues \(", out.stderr, re.M) is not None  # the progress lines
@@ -325,7 +327,7 @@ def test_plots_show_renders_the_declared_plots(project, tmp_path):
 def test_queued_sweep_runs_every_combination_and_exp_show_compares_them(project):
     out = dvc(project, "exp", "run", "--queue", "-S", "lora.r=3,5", "-S", "train.max_steps=1").stdout
     assert out.count("Queued experiment") == 2, out
-    dvc(project, "queue", "start", "-j", "1")
+    dvc(project, "queue", "start", "-j", "2")  # side by side: their logs must not interleave
     deadline = time.monotonic() + 900
     while True:
         status = dvc(project, "queue", "status").stdout
@@ -358,6 +360,36 @@ def test_queued_sweep_runs_every_combination_and_exp_show_compares_them(project)
     if score[3] != score[5]:  # a tie may list them either way
         assert listed == sorted(score, key=lambda r: -score[r]), (listed, score)
     assert (project / "sweep/sweep.png").is_file()
-    # each queued experiment ran in a temporary workspace, and left its stage logs in this repository's logs/
-    names = set(re.findall(r"\(experiment ([\w-]+)\)", (project / "logs/train.log").read_text()))
-    assert len(names) >= 2, names
+    # each queued experiment ran in a temporary workspace, and left its stage logs in this repository's logs/, in
+    # a directory of its own: one run per file, whole, although the two ran at the same time
+    logs = sorted((project / "logs").glob("*/train.log"))
+    assert len(logs) >= 2, logs
+    for log in logs:
+        text = log.read_text()
+        names = set(re.findall(r"\(experiment ([\w-]+)\)", text))
+        assert names == {log.parent.name}, names
+        assert text.count("=== exit 0 after") == text.count("\n=== 20") + text.startswith("=== 20") == 1
+
+
+@pytest.mark.slow
+def test_new_weights_in_a_local_model_directory_rerun_the_pipeline(tmp_path_factory, dialogsum_dir, tiny_llama_dir):
+    """Reported: model.name naming a local directory whose weights were then replaced in place left `dvc status`
+    clean and models/base stale. The model_source stage hashes the directory at every repro: the same bytes
+    rerun nothing; new bytes rerun base_model and everything built on it."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path_factory.mktemp("local-model") / "my-model"
+    shutil.copytree(tiny_llama_dir, model)
+    proj = make_project(tmp_path_factory.mktemp("local"), dialogsum_dir, model)
+    dvc(proj, "repro")
+    assert ran_stages(dvc(proj, "repro").stdout) == set() and status(proj) == {}
+    weights = load_file(model / "model.safetensors")
+    name = next(k for k in weights if k.endswith("q_proj.weight"))
+    weights[name] = weights[name] + 0.01 * torch.ones_like(weights[name])  # fine-tuned in place, same config
+    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+    out = dvc(proj, "repro").stdout
+    assert {"base_model", "tokenize", "train", "generate_base", "generate_finetuned"} <= ran_stages(out), out
+    assert "format" not in ran_stages(out)  # the data did not change

@@ -134,3 +134,24 @@ def test_the_eval_batch_size_sets_the_evaluation_batches_and_not_the_loss(tokeni
     assert args.per_device_eval_batch_size == 4 and args.per_device_train_batch_size == params.train.batch_size
     losses = [run(tokenized, tmp_path / str(b), max_steps=1, eval_batch_size=b)[0]["eval_loss"] for b in (1, 4)]
     assert losses[0] == pytest.approx(losses[1], abs=2e-3)
+
+
+def test_a_diverged_run_fails_and_publishes_nothing(tokenized, tmp_path):
+    """Reported: learning_rate .inf trained to the end with a NaN loss, published 16 NaN tensors and a bare NaN in
+    metrics/train.json, exit 0. The check refuses .inf now; a finite rate far too high (1e30) diverges in training,
+    and the stage stops at the first non-finite loss, names the step and the param, and writes nothing."""
+    import yaml
+    from project import env
+
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p["train"].update(max_steps=4, learning_rate=1.0e30, eval_steps=2, save_steps=2, warmup_steps=0, logging_steps=1)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    for name in ("tokenized", "base"):
+        (tmp_path / name).symlink_to(tokenized / name)
+    e = {**env(), "PYTHONPATH": os.pathsep.join([str(ROOT), env()["PYTHONPATH"]])}
+    proc = subprocess.run([sys.executable, "-m", "stages.train", "tokenized", "base", "adapter", "ckpt", "live",
+                           "train.json"], cwd=tmp_path, env=e, capture_output=True, text=True)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 1 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "training diverged at step" in errors[0] and "train.learning_rate (1e+30) too high" in errors[0]
+    assert not any((tmp_path / n).exists() for n in ("adapter", "live", "train.json"))

@@ -8,8 +8,7 @@ import pytest
 from sumlora.convert import materialize_base
 from sumlora.core.params import ModelParams
 from sumlora.generation import generate_summaries
-from sumlora.lora import prepare_qlora_model
-from sumlora.modeling import load_model_and_tokenizer, write_adapter_info
+from sumlora.modeling import load_model_and_tokenizer
 from sumlora.prompt import PromptTemplate
 from sumlora.summarize import main
 
@@ -18,7 +17,7 @@ DIALOGUE = "#Person1#: Are you coming to the party tonight?\n#Person2#: Yes, I'l
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_llama_dir, tiny_phi_dir):
-    from conftest import ROOT
+    from conftest import ROOT, save_nonzero_adapter
 
     from sumlora.core.params import load_params
 
@@ -26,11 +25,8 @@ def trained(tmp_path_factory, tiny_llama_dir, tiny_phi_dir):
     for name, src in (("base", tiny_llama_dir), ("other_base", tiny_phi_dir)):
         materialize_base(str(src), root / name)
     params = load_params(ROOT / "params.yaml")
-    model, _ = prepare_qlora_model(root / "base", params)
-    model.save_pretrained(root / "adapter")
     template = PromptTemplate(intro="Summarize this chat.", end_marker="<never emitted>")  # read from the adapter
-    template.save(root / "adapter")
-    write_adapter_info(root / "adapter", root / "base")
+    save_nonzero_adapter(root / "base", root / "adapter", params, template)
     return root, template
 
 
@@ -48,8 +44,15 @@ def test_summary_from_stdin_and_file_match_base_plus_adapter(trained, tmp_path, 
     assert code == 0, capsys.readouterr().err
     (tmp_path / "d.txt").write_text(DIALOGUE)
     assert run(args + [str(tmp_path / "d.txt")]) == (0, from_stdin)
-    model, tok = load_model_and_tokenizer(root / "base", ModelParams(), root / "adapter")
+    from sumlora.core.params import GenerateParams
+    from sumlora.modeling import resolve_dequantize
+
+    # without a params file: the default weights (generate.dequantize auto: bfloat16 on a CPU that has it)
+    weights = resolve_dequantize(GenerateParams().dequantize, ModelParams())
+    model, tok = load_model_and_tokenizer(root / "base", ModelParams(), root / "adapter", weights)
     assert from_stdin == generate_summaries(model, tok, template, [DIALOGUE], 1, 10)[0] + "\n"
+    base, tok = load_model_and_tokenizer(root / "base", ModelParams(), None, weights)
+    assert from_stdin != generate_summaries(base, tok, template, [DIALOGUE], 1, 10)[0] + "\n"  # the adapter shows
 
 
 @pytest.mark.parametrize("case, message", [
@@ -172,7 +175,7 @@ def test_an_interrupted_file_run_resumes_where_it_stopped(tmp_path):
         summarize_file(inp, out, dies_on_the_third_batch, 2)
     assert not out.exists()  # the output is written whole or not at all
     partial = tmp_path / "out.jsonl.partial"
-    assert len(partial.read_text().splitlines()) == 4  # the two finished batches
+    assert len(partial.read_text().splitlines()) == 1 + 4  # the fingerprint, then the two finished batches
     with partial.open("a") as f:
         f.write('{"id": "d4", "summ')  # a process killed mid-line leaves this: not counted as done
     calls.clear()
@@ -180,7 +183,66 @@ def test_an_interrupted_file_run_resumes_where_it_stopped(tmp_path):
     assert calls == [["dialogue number 4", "dialogue number 5"], ["dialogue number 6"]]
     assert out.read_text() == "".join(f'{{"id": "d{i}", "summary": "DIALOGUE NUMBER {i}"}}\n' for i in range(7))
     assert not partial.exists()
-    assert summarize_file(inp, out, lambda ds: pytest.fail("nothing left to do"), 2) == (0, 7)
+    calls.clear()  # a finished output is never taken as done work: only a partial file of the same work is
+    assert summarize_file(inp, out, lambda ds: calls.append(ds) or ds, 7) == (7, 0) and len(calls[0]) == 7
+
+
+def write_dialogues(path, texts):
+    import json
+
+    path.write_text("".join(json.dumps({"id": f"d{i}", "dialogue": t}) + "\n" for i, t in enumerate(texts))
+                    if path.suffix == ".jsonl" else "\n\n".join(texts) + "\n")
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".txt"])
+def test_the_output_may_not_be_the_input(tmp_path, capsys, suffix):
+    """Reported: --output equal to --input overwrote the input with summaries (a .txt input was even read back
+    as its own 'summaries'). Refused before the model loads (the adapter given does not exist)."""
+    inp = tmp_path / f"same{suffix}"
+    write_dialogues(inp, [DIALOGUE, "#Person1#: Hi.\n#Person2#: Hello."])
+    before = inp.read_bytes()
+    code = main(["--adapter", str(tmp_path / "no-adapter"), "--input", str(inp), "--output", str(inp)])
+    err = capsys.readouterr().err
+    assert code == 1 and "it is the input --input" in err and len(err.splitlines()) == 1, err
+    assert inp.read_bytes() == before
+
+
+def test_an_existing_output_is_not_taken_as_done_work(trained, tmp_path, capsys):
+    """Reported: an existing --output of other lines was returned as the summaries. Now it is refused unless
+    --force, which writes the new summaries."""
+    root, _ = trained
+    inp, out = tmp_path / "new.txt", tmp_path / "prev.txt"
+    write_dialogues(inp, [DIALOGUE, "#Person1#: Hi.\n#Person2#: Hello."])
+    out.write_text("OLD SUMMARY 1\nOLD SUMMARY 2\n")
+    assert main(batch_args(root, inp, out)) == 1
+    err = capsys.readouterr().err
+    assert "the file exists" in err and "--force" in err and out.read_text() == "OLD SUMMARY 1\nOLD SUMMARY 2\n"
+    assert main(batch_args(root, inp, out, "--force")) == 0
+    assert "OLD" not in out.read_text() and len(out.read_text().splitlines()) == 2
+
+
+def test_a_partial_output_of_other_work_is_refused_then_replaced_with_force(trained, tmp_path, capsys):
+    root, _ = trained
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_dialogues(inp, [DIALOGUE, "#Person1#: Hi.\n#Person2#: Hello."])
+    partial = tmp_path / "out.jsonl.partial"
+    partial.write_text('{"fingerprint": {"input": "another file"}}\n{"id": "d0", "summary": "OLD"}\n')
+    assert main(batch_args(root, inp, out)) == 1
+    err = capsys.readouterr().err
+    assert re.search(r"out.jsonl.partial: a partial output of other work \(it differs in: input, adapter, base, "
+                     r".*\); it is not resumed. Delete it, or pass --force, to start over", err), err
+    assert not out.exists() and "OLD" in partial.read_text()
+    assert main(batch_args(root, inp, out, "--force")) == 0
+    assert "OLD" not in out.read_text() and not partial.exists()
+
+
+def test_an_output_that_is_a_directory_is_refused_before_the_model_loads(tmp_path, capsys):
+    inp = tmp_path / "in.jsonl"
+    write_dialogues(inp, [DIALOGUE])
+    (tmp_path / "out").mkdir()
+    code = main(["--adapter", str(tmp_path / "no-adapter"), "--input", str(inp), "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 1 and "it is a directory" in err and "no adapter here" not in err, err
 
 
 @pytest.mark.parametrize("content, message", [

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 from importlib import metadata
@@ -82,6 +83,28 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # the CPU features that run bfloat16 matmuls natively (Linux names)
+
+
+def cpu_bf16_flags() -> list[str]:
+    """Which of :data:`BF16_FLAGS` this CPU reports (/proc/cpuinfo): AMX tiles, AVX512-BF16 instructions."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return [f for f in BF16_FLAGS if f in flags]
+    except OSError:
+        pass
+    return []
+
+
+def cpu_description() -> str:
+    """The CPU, its cores and its bfloat16 capability in one line: what a benchmark figure needs beside it."""
+    flags = cpu_bf16_flags()
+    native = f"native bf16: {'yes' if cpu_has_native_bf16() else 'no'}" + (f" ({', '.join(flags)})" if flags else "")
+    return f"{cpu_name()}, {os.cpu_count()} cores, {native}"
+
+
 def package_version(package: str) -> str | None:
     """The installed version of a distribution (``-`` and ``_`` alike), None when it is not installed."""
     try:
@@ -106,4 +129,5 @@ def environment() -> dict:
     else:
         info["cpu"] = cpu_name()
         info["native_bf16"] = cpu_has_native_bf16()
+        info["cpu_bf16_flags"] = cpu_bf16_flags()
     return info

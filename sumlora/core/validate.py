@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -19,13 +20,30 @@ import yaml
 from sumlora.core.errors import ParamsError
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key that repeats in one mapping (PyYAML keeps the last silently; DVC's
+    ruamel refuses the file, so ``dvc repro`` would fail after the check said ok)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"found the key {key!r} twice (first on line {seen[key] + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: str | Path):
-    """The parsed YAML of ``path``; a missing, directory, binary or malformed file is one ParamsError."""
+    """The parsed YAML of ``path``; a missing, directory, binary or malformed file, or one with a repeated key, is
+    one ParamsError."""
     path = Path(path)
     if path.is_dir():
         raise ParamsError(f"{path}: is a directory, not a params file")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except FileNotFoundError:
         raise ParamsError(f"{path}: file not found") from None
     except UnicodeDecodeError as e:
@@ -51,6 +69,19 @@ def type_ok(value, tp) -> bool:
     if tp is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     return isinstance(value, tp)
+
+
+INT_LIMIT = 2**31  # every integer param is below this (steps, sizes, counts); the seed has its own range
+
+
+def _number_problem(value) -> str | None:
+    """Why a number YAML parsed cannot be a param: not finite (``.nan``, ``.inf``), or an integer too large for
+    the libraries it is passed to. Applies to every numeric field, whatever its check() says."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number, got {value}"
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= INT_LIMIT:
+        return f"must be below {INT_LIMIT:,} in size, got {value:,}"
+    return None
 
 
 def _yaml_float(text: str) -> str:
@@ -113,6 +144,9 @@ def build(cls, data, prefix: str, errors: list[str]):
                 hint = f" (YAML reads {data[name]} as a string; write {_yaml_float(data[name])})"
             errors.append(f"{path}: expected {_type_name(tp)}, got {data[name]!r} ({type(data[name]).__name__})"
                           + hint)
+            bad.add(name)
+        elif problem := _number_problem(data[name]):
+            errors.append(f"{path}: {problem}")
             bad.add(name)
         else:
             kwargs[name] = float(data[name]) if tp is float else data[name]

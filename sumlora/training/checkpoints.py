@@ -63,6 +63,11 @@ def run_fingerprint(params: Params, tokenized_dir, base_sha256: str, processes: 
     return h.hexdigest()
 
 
+def owns(d: Path) -> bool:
+    """Whether the directory ``d`` is a checkpoints directory of the train stage (it records its run)."""
+    return (Path(d) / RUN_FILE).is_file()
+
+
 def step_of(ckpt: Path) -> int:
     suffix = ckpt.name.rsplit("-", 1)[-1]
     return int(suffix) if suffix.isdigit() else -1

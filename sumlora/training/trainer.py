@@ -47,6 +47,15 @@ def summary_loss(model, inputs: dict, num_items_in_batch=None, head_on_labels: b
     return loss / count, outputs
 
 
+def diverged(step: int, max_steps: int, value: float, learning_rate: float, which: str):
+    """The error that stops a run whose loss is not finite (NaN or infinity): nothing is published."""
+    from sumlora.core.errors import ModelError
+
+    return ModelError(f"training diverged at step {step} of {max_steps}: the {which} loss is {value}; nothing was "
+                      f"published. The usual cause is train.learning_rate ({learning_rate:g}) too high for this "
+                      "model: lower it (or set train.max_grad_norm > 0 if it is 0)")
+
+
 def trainer_class():
     from transformers import Trainer
 
@@ -66,6 +75,9 @@ def trainer_class():
                 self.tokens_trained += real
                 self.padding_trained += inputs["attention_mask"].numel() - real
             loss, outputs = summary_loss(model, inputs, num_items_in_batch, per_row=not model.training)
+            if not torch.isfinite(loss.detach()).all():
+                raise diverged(self.state.global_step + 1, self.state.max_steps, float(loss.detach()),
+                               self.args.learning_rate, "training" if model.training else "validation")
             if (model.training and self.args.average_tokens_across_devices and num_items_in_batch is not None
                     and self.accelerator.num_processes > 1):
                 # DDP averages gradients over processes, and num_items_in_batch counts all of theirs. Not in
