@@ -9,6 +9,9 @@ tokenizer's EOS) or at the end marker.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 
 from sumlora.core.errors import DataError
@@ -95,3 +98,87 @@ def generate_chat_summaries(model, tokenizer, dialogues: list[str], batch_size: 
     chat style's prompt, the one a model fine-tuned in that style is given."""
     return generate_summaries(model, tokenizer, template_for("chat"), dialogues, batch_size, max_new_tokens,
                               progress, ids, context)
+
+
+@dataclass
+class Row:
+    """One summary to generate with :func:`generate_rows`: its prompt ids, its own cap on new tokens, extra stop
+    strings (a request's ``stop``), and where to send the pieces of its text as they are decided (streaming)."""
+
+    prompt: list[int]
+    max_new_tokens: int
+    stop: tuple[str, ...] = ()
+    on_text: Callable[[str], None] | None = None
+
+
+@dataclass
+class RowResult:
+    text: str  # the summary: cut at the template's end marker or a stop string, stripped
+    tokens: int  # new tokens generated, up to and including the one that ended it
+    finish_reason: str  # "stop" (an end token, the end marker or a stop string) | "length" (its max_new_tokens)
+
+
+class _Rows:
+    """Follows each row of one ``generate`` call token by token (as its stopping criterion): ends a row at an end
+    token, the end marker, one of its stop strings or its own token cap, and streams the part of its text that can
+    no longer change. What is streamed, joined, is the final text: words are sent once whole (a later token can
+    change how the last one decodes), nothing that might begin a stop string, no leading or trailing whitespace."""
+
+    def __init__(self, tokenizer, template: PromptTemplate, rows: list[Row], prompt_len: int, eos: list[int]):
+        self.tok, self.template, self.rows, self.start, self.eos = tokenizer, template, rows, prompt_len, set(eos)
+        self.results: list[RowResult | None] = [None] * len(rows)
+        self.sent = [""] * len(rows)
+
+    def _cut(self, k: int, text: str) -> tuple[str, bool]:
+        stops = [*self.template.stop_strings(), *self.rows[k].stop]
+        at = [text.find(s) for s in stops if s and s in text]
+        return (text[:min(at)], True) if at else (text, False)
+
+    def _send(self, k: int, upto: str) -> None:
+        if self.rows[k].on_text is not None and upto.startswith(self.sent[k]) and len(upto) > len(self.sent[k]):
+            self.rows[k].on_text(upto[len(self.sent[k]):])
+            self.sent[k] = upto
+
+    def __call__(self, input_ids, scores=None, **kwargs):
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for k, row in enumerate(self.rows):
+            if self.results[k] is not None:
+                done[k] = True
+                continue
+            new = input_ids[k, self.start:].tolist()
+            text, stopped = self._cut(k, self.tok.decode(new, skip_special_tokens=True))
+            if stopped or new[-1] in self.eos or len(new) >= row.max_new_tokens:
+                reason = "length" if not stopped and new[-1] not in self.eos else "stop"
+                self.results[k] = RowResult(text.strip(), len(new), reason)
+                self._send(k, text.strip())
+                done[k] = True
+                continue
+            stops = [*self.template.stop_strings(), *row.stop]
+            hold = max((n for s in stops for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
+            safe = text[:len(text) - hold].lstrip()
+            if "\ufffd" not in safe:  # an incomplete character: wait for the rest of its bytes
+                self._send(k, safe[:max(safe.rfind(" "), safe.rfind("\n"), 0)].rstrip())
+        return done
+
+
+@torch.inference_mode()
+def generate_rows(model, tokenizer, template: PromptTemplate, rows: list[Row], sampling: dict | None = None,
+                  ) -> list[RowResult]:
+    """One batched ``generate`` call (left-padded) for ``rows``, each ending on its own terms (:class:`_Rows`): its
+    own token cap and stop strings, besides the model's end tokens and the template's end marker. Greedy unless
+    ``sampling`` (``temperature``, ``top_p``) is given. A greedy row's text is the one :func:`generate_summaries`
+    gives for its prompt (the same tokens, cut at the same marker)."""
+    device = next(model.parameters()).device
+    batch = tokenizer.pad({"input_ids": [r.prompt for r in rows]}, padding_side="left", return_tensors="pt")
+    from transformers import StoppingCriteriaList
+
+    eos = end_token_ids(getattr(model, "generation_config", None), tokenizer)
+    watch = _Rows(tokenizer, template, rows, batch["input_ids"].shape[1], eos)
+    decoding = ({"do_sample": True, "temperature": sampling["temperature"], "top_p": sampling.get("top_p") or 1.0,
+                 "top_k": None} if sampling else
+                {"do_sample": False, "temperature": None, "top_p": None, "top_k": None})
+    model.generate(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                   max_new_tokens=max(r.max_new_tokens for r in rows), num_beams=1, pad_token_id=tokenizer.pad_token_id,
+                   eos_token_id=eos, use_cache=True, stopping_criteria=StoppingCriteriaList([watch]), **decoding)
+    assert all(r is not None for r in watch.results)  # every step is checked, the last one too
+    return watch.results
