@@ -6,15 +6,16 @@
 Arms (each run in a fresh process; the arms interleaved, A B C D A B C D ..., ``--repeats`` times):
 - ``tutorial``: what a user of the tutorial calls: one dialogue at a time through
   ``model.generate(**inputs, max_new_tokens=100)`` on the 4-bit base with the peft adapter, with
-  generate's default stopping (the model's end-of-sequence tokens). Greedy, where the tutorial
-  samples at temperature 0.1, so that the summaries can be compared.
-- ``batched``: the generate stage as configured (batches of ``generate.batch_size``, 4-bit weights,
-  ``generate.dequantize: none``): batching alone.
-- ``dequantized``: one dialogue at a time with the weights de-quantized once to float32 and the
-  adapter merged in (``generate.dequantize: float32``, batch 1): de-quantizing alone.
-- ``batched_dequantized``: both (batches of ``generate.batch_size``, ``generate.dequantize: float32``).
-- ``batched_bf16``: batches, with the weights de-quantized once to bfloat16 and the adapter merged in
-  (``generate.dequantize: bfloat16``, what ``auto`` picks on a CPU with native bfloat16 matmuls).
+  generate's default stopping (the model's end-of-sequence tokens), 4-bit compute in float32 (what the
+  tutorial's float16 becomes on a CPU without float16 matmuls). Greedy, where the tutorial samples at
+  temperature 0.1, so that the summaries can be compared.
+- ``tutorial_bf16``: the same call with the 4-bit layers computing in bfloat16 (``bnb_4bit_compute_dtype``),
+  the best a tutorial user gets by changing one argument on a CPU with native bf16.
+- ``static_bf16``: weights de-quantized once to bfloat16, adapter merged in, ``model.generate`` on static
+  left-padded batches of ``generate.batch_size`` dialogues sorted by length (each batch runs until its longest
+  summary ends): how the generate stage batched before continuous batching.
+- ``stage``: the generate stage as configured (``generate.dequantize: auto``, continuous batching of
+  ``generate.batch_size`` rows: a finished row leaves the batch and the next prompt joins it).
 
 Every arm's summaries are cut at the template's end marker, compared with the tutorial arm's, and
 scored with ROUGE-1/L against all references (as the evaluate stage's ``all_refs``).
@@ -40,8 +41,9 @@ from benchmarks.common import (
 )
 from sumlora.core import atomic, cli
 
-ARMS = ("tutorial", "batched", "dequantized", "batched_dequantized", "batched_bf16")
-DEQUANTIZE = {"dequantized": "float32", "batched_dequantized": "float32", "batched_bf16": "bfloat16"}
+ARMS = ("tutorial", "tutorial_bf16", "static_bf16", "stage")
+DEQUANTIZE = {"static_bf16": "bfloat16", "stage": "auto"}
+COMPUTE = {"tutorial": "float32", "tutorial_bf16": "bfloat16", "static_bf16": "bfloat16"}  # stage: params'
 
 
 def arm(args) -> dict:
@@ -55,7 +57,10 @@ def arm(args) -> dict:
     from sumlora.tokenizing import encode_prompt
 
     params = load_params(args.params)
-    params.model.compute_dtype = resolve_compute_dtype("auto")  # bf16 on GPUs that have it natively, fp16 on older
+    if device() == "cuda":  # the tutorial's float16 on a GPU; elsewhere the arm's dtype
+        params.model.compute_dtype = "float16" if args.arm.startswith("tutorial") else resolve_compute_dtype("auto")
+    else:
+        params.model.compute_dtype = COMPUTE.get(args.arm, params.model.compute_dtype)
     dequantize_to = resolve_dequantize(DEQUANTIZE.get(args.arm, "none"), params.model)
     model, tok = load_model_and_tokenizer(args.base, params.model, args.adapter, dequantize_to)
     template = PromptTemplate.load(args.adapter) if args.adapter else DEFAULT
@@ -64,7 +69,7 @@ def arm(args) -> dict:
     new_tokens = 0
     sync()
     start = time.perf_counter()
-    if args.arm == "tutorial":
+    if args.arm.startswith("tutorial"):
         summaries = []
         with torch.inference_mode():
             for d in dialogues:
@@ -79,16 +84,43 @@ def arm(args) -> dict:
                 new = out[0, inputs["input_ids"].shape[1]:]
                 new_tokens += len(new)
                 summaries.append(template.extract_summary(tok.decode(new, skip_special_tokens=True)))
+    elif args.arm == "static_bf16":
+        summaries = static_batches(model, tok, template, dialogues, params.generate.batch_size, args.new_tokens)
     else:
-        batch = 1 if args.arm == "dequantized" else params.generate.batch_size
-        summaries = generate_summaries(model, tok, template, dialogues, batch_size=batch,
+        summaries = generate_summaries(model, tok, template, dialogues, batch_size=params.generate.batch_size,
                                        max_new_tokens=args.new_tokens)
     sync()
     seconds = time.perf_counter() - start
     return {"arm": args.arm, "seconds": seconds, "dialogues": len(dialogues), "summaries": summaries,
             "weights": f"de-quantized to {dequantize_to}" if dequantize_to else "4-bit",
-            "batch_size": 1 if args.arm in ("tutorial", "dequantized") else params.generate.batch_size,
+            "compute_dtype": resolve_compute_dtype(params.model.compute_dtype),
+            "batch_size": 1 if args.arm.startswith("tutorial") else params.generate.batch_size,
             "tutorial_new_tokens": new_tokens or None, **peak_memory_mb()}
+
+
+def static_batches(model, tok, template, dialogues: list[str], batch_size: int, max_new_tokens: int) -> list[str]:
+    """``model.generate`` on static batches: prompts sorted by length, left-padded, each batch decoding until
+    its last row ends (the batching continuous batching replaces)."""
+    import torch
+
+    from sumlora.generation import end_token_ids, summary_prompts
+
+    prompts = summary_prompts(tok, template, dialogues)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out: list[str] = [""] * len(prompts)
+    with torch.inference_mode():
+        for b in range(0, len(order), batch_size):
+            take = order[b:b + batch_size]
+            batch = tok.pad({"input_ids": [prompts[i] for i in take]}, padding_side="left",
+                            return_tensors="pt").to(device())
+            gen = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                 eos_token_id=end_token_ids(model.generation_config, tok),
+                                 stop_strings=template.stop_strings() or None, tokenizer=tok,
+                                 pad_token_id=tok.pad_token_id)
+            for k, i in enumerate(take):
+                text = tok.decode(gen[k, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+                out[i] = template.extract_summary(text)
+    return out
 
 
 def digest(summaries: list[str]) -> str:

@@ -1,29 +1,34 @@
-"""Training throughput: the tutorial's recipe, and what each of this pipeline's levers buys and costs.
+"""Training throughput: the tutorial's recipe, today's default, and what each speed lever buys and costs.
 
-    python -m benchmarks.bench_train --base models/base --data ../shared/dialogsum --steps 10 --repeats 3 \
+    python -m benchmarks.bench_train --base models/base --data ../shared/dialogsum --steps 12 --repeats 3 \
         --json benchmarks/results/train-cpu.json
 
 Every arm QLoRA-trains the same 4-bit base with the same LoRA config for the same number of
 optimizer steps at an effective batch of 4 rows, on the same rows, in a fresh process; the arms
-run interleaved (A B C ... A B C ...), ``--repeats`` times, with the matmul peak measured before each.
+run interleaved (A B C ... A B C ...), ``--repeats`` times, with the float32 and bfloat16 matmul
+peaks measured before each.
 
 - ``tutorial``: the tutorial's recipe: batch 1 x grad-accum 4, DataCollatorForLanguageModeling
   (loss on the whole text, pad = eos so EOS is masked out), gradient checkpointing, transformers'
-  group_by_length sampler, the model's own loss.
-- ``baseline``: this pipeline's data (loss on the summary, end marker and EOS) with every lever
-  off: batch 1 x 4, gradient checkpointing, the LM head over every position, the padding mask
-  passed to attention, rows in random order.
-- ``+batch`` (2 x 2), ``+no_checkpointing``, ``+head_on_labels`` (the LM head only where a label
-  is), ``+mask_free`` (no padding mask with right padding: plain causal attention),
-  ``+length_grouping`` (batches of similar-length rows): the baseline with that one lever on.
-- ``ours``: every lever on, as params.yaml's train section runs (batch 2 x 2 by default).
+  group_by_length sampler, the model's own loss; float32 compute on the 4-bit layers.
+- ``default``: this pipeline's training before the levers below (params.yaml's batch, length grouping, loss on
+  the summary with the LM head only where a label is), float32 compute, the 4-bit layers de-quantizing their
+  weights at every forward and backward pass: ``model.compute_dtype: float32``, ``train.dequantize_base: false``,
+  ``train.attention: sdpa``.
+- ``+bf16``: ``model.compute_dtype: bfloat16`` (autocast; the 4-bit layers compute in bfloat16).
+- ``+dequantized``: ``train.dequantize_base: true``, float32: the NF4 weights de-quantized once.
+- ``+eager``: ``train.attention: eager`` (a matmul and a softmax per head) instead of PyTorch's fused SDPA.
+- ``+bf16+dequantized``: those two; ``all``: the three.
 
-Per run: seconds, real (non-padding) tokens/s, padding fraction, peak memory, and the loss on
-validation summaries after training. ``python -m benchmarks.report`` makes the table.
+Per run: seconds, real (non-padding) tokens/s, padding fraction, peak memory, the matmul weights (for the
+fraction of the matmul peak: a step costs about 4 FLOP per weight per real token, forward plus the backward
+through the frozen weights), and the loss on validation summaries after training. ``python -m
+benchmarks.report`` makes the table.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 import time
@@ -31,8 +36,12 @@ import time
 from benchmarks.common import arm_parser, device, load_rows, machine, peak_memory_mb, publish, run_interleaved
 from sumlora.core import atomic, cli
 
-LEVERS = ("batch", "no_checkpointing", "head_on_labels", "mask_free", "length_grouping")
-ARMS = ("tutorial", "baseline", *(f"+{lever}" for lever in LEVERS), "ours")
+SETTINGS = {  # arm: (model.compute_dtype, train.dequantize_base, train.attention)
+    "tutorial": ("float32", False, "sdpa"), "default": ("float32", False, "sdpa"),
+    "+bf16": ("bfloat16", False, "sdpa"), "+dequantized": ("float32", True, "sdpa"),
+    "+eager": ("float32", False, "eager"),
+    "+bf16+dequantized": ("bfloat16", True, "sdpa"), "all": ("bfloat16", True, "eager")}
+ARMS = tuple(SETTINGS)
 
 
 def matmul_params(model) -> int:
@@ -48,8 +57,9 @@ def matmul_params(model) -> int:
     return n
 
 
-def validation_loss(model, tok, rows: list[dict], batch_size: int = 4) -> float:
-    """Mean next-token loss on the summary + end marker + EOS tokens of ``rows`` (the task)."""
+def validation_loss(model, tok, rows: list[dict], compute_dtype: str, batch_size: int = 4) -> float:
+    """Mean next-token loss on the summary + end marker + EOS tokens of ``rows`` (the task), with the autocast the
+    Trainer evaluates with (bfloat16 compute)."""
     import torch
 
     from sumlora.prompt import DEFAULT
@@ -60,7 +70,8 @@ def validation_loss(model, tok, rows: list[dict], batch_size: int = 4) -> float:
     collate, total, count = PadCollator(tok.pad_token_id), 0.0, 0
     model.eval()
     dev = next(model.parameters()).device
-    with torch.no_grad():
+    bf16 = compute_dtype == "bfloat16"
+    with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
         for i in range(0, len(rows), batch_size):
             b = collate([encode_example(tok, DEFAULT, r["dialogue"], r["summary"]) for r in rows[i:i + batch_size]])
             b = {k: v.to(dev) for k, v in b.items()}
@@ -70,52 +81,43 @@ def validation_loss(model, tok, rows: list[dict], batch_size: int = 4) -> float:
     return total / count
 
 
-def levers(arm_name: str) -> set[str]:
-    """The levers an arm turns on (the tutorial arm is a recipe of its own, not a lever set)."""
-    if arm_name == "ours":
-        return set(LEVERS)
-    return {arm_name[1:]} if arm_name.startswith("+") else set()
-
-
 def arm(args) -> dict:
     import torch
     from datasets import Dataset
     from transformers import DataCollatorForLanguageModeling, Trainer
 
-    from sumlora.core.device import resolve_compute_dtype
     from sumlora.core.params import load_params
-    from sumlora.lora import prepare_qlora_model
+    from sumlora.lora import dequantize_base, prepare_qlora_model
     from sumlora.prompt import DEFAULT
     from sumlora.tokenizing import encode_example
-    from sumlora.training.batching import PadCollator, grouped_by_length
-    from sumlora.training.trainer import summary_loss, trainer_class, training_arguments
+    from sumlora.training.batching import PadCollator, length_grouped_order
+    from sumlora.training.trainer import trainer_class, training_arguments
 
     params = load_params(args.params)
-    params.model.compute_dtype = resolve_compute_dtype("auto")  # bf16 on GPUs that have it natively, fp16 on older
+    dtype, dequantize, attention = SETTINGS[args.arm]
+    params.model.compute_dtype = dtype if device() == "cpu" else "bfloat16"
+    params.train.dequantize_base, params.train.attention = dequantize, attention
     tp = params.train
     tp.max_steps, tp.warmup_steps = args.steps, 0
-    on = levers(args.arm)
-    if "batch" not in on:
-        tp.batch_size, tp.gradient_accumulation_steps = 1, 4
-    tp.gradient_checkpointing = "no_checkpointing" not in on
-    tp.group_by_length = "length_grouping" in on
-    effective = tp.batch_size * tp.gradient_accumulation_steps
-    train_rows = load_rows(args.data, "train", args.steps * effective)  # the same rows in every arm
-    model, tok = prepare_qlora_model(args.base, params)
-    encoded = [encode_example(tok, DEFAULT, r["dialogue"], r["summary"]) for r in train_rows]
     tutorial = args.arm == "tutorial"
+    if tutorial:
+        tp.batch_size, tp.gradient_accumulation_steps, tp.gradient_checkpointing = 1, 4, True
+    model, tok = prepare_qlora_model(args.base, params)
+    # the same rows in every arm: the first 4 x steps the train stage feeds (its length-grouped order of all rows)
+    every = [encode_example(tok, DEFAULT, r["dialogue"], r["summary"]) for r in load_rows(args.data, "train", None)]
+    encoded = [every[i] for i in length_grouped_order([len(e["input_ids"]) for e in every], 2, args.steps * 4,
+                                                       params.seed)]
     if tutorial:
         # whole text, labels = input ids; pad = eos, so the collator masks EOS out of the loss
         tok.pad_token = tok.eos_token
         ds = Dataset.from_list([{"input_ids": e["input_ids"]} for e in encoded])
         collator, trainer_cls = DataCollatorForLanguageModeling(tok, mlm=False), Trainer
     else:
-        ds = Dataset.from_list([{**e, "row": i} for i, e in enumerate(encoded)])
-        ds = grouped_by_length(ds, tp, params.seed)  # unchanged unless length_grouping is on
+        ds = Dataset.from_list([{**e, "row": i} for i, e in enumerate(encoded)])  # already in the stage's order
         collator, trainer_cls = PadCollator(tok.pad_token_id), trainer_class()
 
     class Counting(trainer_cls):
-        """Counts the real and padded tokens of every batch trained on; the loss with this arm's levers."""
+        """Counts the real and padded tokens of every batch trained on."""
         real = padded = 0
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -123,18 +125,14 @@ def arm(args) -> dict:
                 mask = inputs["attention_mask"]
                 Counting.real += int(mask.sum())
                 Counting.padded += mask.numel()
-            if tutorial:
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            inputs = {k: v for k, v in inputs.items() if k != "row"}
-            loss, outputs = summary_loss(model, inputs, num_items_in_batch, head_on_labels="head_on_labels" in on,
-                                         mask_free="mask_free" in on)
-            return (loss, outputs) if return_outputs else loss
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     with tempfile.TemporaryDirectory() as out:
-        # the tutorial groups by length with transformers' own sampler
-        sampling = {"train_sampling_strategy": "group_by_length"} if tutorial else {}
-        targs = training_arguments(tp, params.seed, params.model.compute_dtype, out, eval_strategy="no",
-                                   save_strategy="no", logging_steps=args.steps, learning_rate=2.0e-4, **sampling)
+        targs = dataclasses.replace(  # the stage's arguments, without evaluation and checkpoints
+            training_arguments(tp, params.seed, params.model.compute_dtype, out), eval_strategy="no",
+            save_strategy="no", logging_steps=args.steps, learning_rate=2.0e-4,
+            # the tutorial groups by length with transformers' own sampler
+            **({"train_sampling_strategy": "group_by_length"} if tutorial else {}))
         trainer = Counting(model=model, args=targs, train_dataset=ds, data_collator=collator)
         if device() == "cuda":
             torch.cuda.synchronize()
@@ -144,16 +142,18 @@ def arm(args) -> dict:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
     vrows = load_rows(args.data, "validation", args.eval_rows)
-    return {"arm": args.arm, "levers": sorted(on), "seconds": seconds, "steps": args.steps, "rows": len(ds),
-            "real_tokens": Counting.real, "padding_fraction": round(1 - Counting.real / Counting.padded, 4),
-            "tokens_per_s": Counting.real / seconds, "batch": f"{tp.batch_size} x {tp.gradient_accumulation_steps}",
+    return {"arm": args.arm, "compute_dtype": params.model.compute_dtype, "dequantized": dequantize_base(params),
+            "attention": attention,
+            "seconds": seconds, "steps": args.steps, "rows": len(ds), "real_tokens": Counting.real,
+            "padding_fraction": round(1 - Counting.real / Counting.padded, 4), "tokens_per_s": Counting.real / seconds,
+            "batch": f"{tp.batch_size} x {tp.gradient_accumulation_steps}",
             "checkpointing": tp.gradient_checkpointing, "matmul_params": matmul_params(model),
-            "eval_loss": validation_loss(model, tok, vrows), **peak_memory_mb()}
+            "eval_loss": validation_loss(model, tok, vrows, params.model.compute_dtype), **peak_memory_mb()}
 
 
 def parser():
     ap = arm_parser("benchmarks.bench_train", __doc__, ARMS)
-    ap.add_argument("--steps", type=int, default=10, help="optimizer steps per arm (effective batch 4)")
+    ap.add_argument("--steps", type=int, default=12, help="optimizer steps per arm (effective batch 4)")
     ap.add_argument("--eval-rows", type=int, default=40, help="validation rows for the loss after training")
     ap.add_argument("--repeats", type=int, default=3, help="runs of each arm, interleaved")
     return ap
@@ -169,7 +169,7 @@ def main(argv: list[str]) -> None:
               "--steps", str(args.steps), "--eval-rows", str(args.eval_rows)]
     runs = run_interleaved(__spec__.name, ARMS, common, args.repeats)
     result = {"benchmark": "train", "machine": machine(), "date": time.strftime("%Y-%m-%d"), "steps": args.steps,
-              "repeats": args.repeats, "arms": list(ARMS), "levers": list(LEVERS), "runs": runs}
+              "repeats": args.repeats, "arms": list(ARMS), "runs": runs}
     publish(result, args.json)
 
 

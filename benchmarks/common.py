@@ -30,10 +30,10 @@ def machine() -> str:
     return f"{cpu_description()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
-def matmul_peak_gflops(n: int = 2048, seconds: float = 3.0) -> float:
-    """Best sustained fp32 (CPU) or bf16 (GPU) square-matmul rate, in GFLOP/s, measured now."""
+def matmul_peak_gflops(n: int = 2048, seconds: float = 3.0, dtype=None) -> float:
+    """Best sustained square-matmul rate in ``dtype`` (default fp32 on CPU, bf16 on GPU), in GFLOP/s, measured now."""
     dev = device()
-    dtype = torch.bfloat16 if dev == "cuda" else torch.float32
+    dtype = dtype or (torch.bfloat16 if dev == "cuda" else torch.float32)
     if dev == "cuda":
         n = max(n, 8192)
     a, b = (torch.randn(n, n, device=dev, dtype=dtype) for _ in range(2))
@@ -107,14 +107,16 @@ def run_arm(module: str, argv: list[str]) -> dict:
 
 def run_interleaved(module: str, arms: tuple[str, ...], argv: list[str], repeats: int) -> list[dict]:
     """Every arm ``repeats`` times, interleaved (A B C A B C ...), each in a fresh process; before each run
-    the fp32/bf16 matmul peak is measured (1 s), so that a run can be read against the machine's speed
-    at that moment. Returns the runs in the order they ran, each with its ``repeat`` and ``matmul_gflops``."""
+    the matmul peaks are measured (1 s each: float32 and, on CPU, bfloat16), so that a run can be read against
+    the machine's speed at that moment. Returns the runs in the order they ran, each with its ``repeat``,
+    ``matmul_gflops`` and ``bf16_matmul_gflops``."""
     runs = []
     for rep in range(repeats):
         for a in arms:
             peak = matmul_peak_gflops(seconds=1.0)
+            bf16 = matmul_peak_gflops(seconds=1.0, dtype=torch.bfloat16) if device() == "cpu" else peak
             r = run_arm(module, ["--arm", a, *argv])
-            runs.append({**r, "repeat": rep, "matmul_gflops": round(peak, 1)})
+            runs.append({**r, "repeat": rep, "matmul_gflops": round(peak, 1), "bf16_matmul_gflops": round(bf16, 1)})
             print(f"repeat {rep + 1}/{repeats} {a}: {r['seconds']:.1f} s (matmul peak {peak:.0f} GFLOP/s)",
                   flush=True)
     return runs

@@ -15,9 +15,8 @@ import statistics
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-LABELS = {"tutorial": "tutorial: `generate` per dialogue, 4-bit", "batched": "batched (stage), 4-bit",
-          "dequantized": "per dialogue, de-quantized once", "batched_dequantized": "batched + de-quantized once",
-          "batched_bf16": "batched + de-quantized once to bfloat16"}
+LABELS = {"tutorial": "tutorial: `generate` per dialogue", "tutorial_bf16": "tutorial's call, bf16 compute",
+          "static_bf16": "`generate` on static batches", "stage": "generate stage: continuous batching"}
 
 
 def _by_arm(result: dict) -> dict[str, list[dict]]:
@@ -34,15 +33,16 @@ def generate_table(result: dict) -> str:
     the per-repeat ratios: each repeat's arms ran back to back), peak memory, and identical summaries."""
     arms = _by_arm(result)
     base = {r["repeat"]: r["dialogues"] / r["seconds"] for r in arms["tutorial"]}
-    lines = ["| arm | weights | batch | summaries / s | vs tutorial | peak RSS MiB | same summaries as tutorial "
-             "| ROUGE-1 / ROUGE-L |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| arm | weights | compute | batch | summaries / s | vs tutorial | peak RSS MiB "
+             "| same summaries as tutorial | ROUGE-1 / ROUGE-L |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for a, runs in arms.items():
         rates = [r["dialogues"] / r["seconds"] for r in runs]
         ratios = [r["dialogues"] / r["seconds"] / base[r["repeat"]] for r in runs]
         mem = "peak_gpu_mb" if "peak_gpu_mb" in runs[0] else "peak_rss_mb"
         same = {r["identical_to_tutorial"] for r in runs}
         assert len({r["summaries_sha256"] for r in runs}) == 1, f"{a}: the repeats wrote different summaries"
-        lines.append(f"| {LABELS.get(a, a)} | {runs[0]['weights']} | {runs[0]['batch_size']} "
+        lines.append(f"| {LABELS.get(a, a)} | {runs[0]['weights']} | {runs[0].get('compute_dtype', '')} "
+                     f"| {runs[0]['batch_size']} "
                      f"| {_spread(rates, '.2f')} "
                      f"| **{statistics.median(ratios):.2f}x** ({min(ratios):.2f}-{max(ratios):.2f}) "
                      f"| {max(r[mem] for r in runs)} "
@@ -56,25 +56,33 @@ def generate_table(result: dict) -> str:
 
 
 def train_table(result: dict) -> str:
-    """Real tokens/s of each arm (median and range), its ratio to the all-levers-off baseline and to the
-    tutorial's recipe (medians of per-repeat ratios), padding, peak memory, and the validation loss."""
+    """Real tokens/s of each arm (median and range), its ratio to today's default and to the tutorial's recipe
+    (medians of per-repeat ratios), the fraction of the float32 and bfloat16 matmul peaks measured before the
+    run (4 FLOP per matmul weight per real token), padding, peak memory and the validation loss."""
     arms = _by_arm(result)
     rate = {a: {r["repeat"]: r["tokens_per_s"] for r in runs} for a, runs in arms.items()}
-    lines = ["| arm | batch | checkpointing | real tokens / s | vs baseline | vs tutorial | padding "
-             "| peak RSS MiB | val. loss |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| arm | compute | base weights | attention | real tokens / s | vs default | vs tutorial | of fp32 peak "
+             "| of bf16 peak | peak RSS MiB | val. loss |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for a, runs in arms.items():
-        ratio = {ref: [rate[a][k] / rate[ref][k] for k in rate[a]] for ref in ("baseline", "tutorial")}
+        ratio = {ref: [rate[a][k] / rate[ref][k] for k in rate[a]] for ref in ("default", "tutorial")}
         mem = "peak_gpu_mb" if "peak_gpu_mb" in runs[0] else "peak_rss_mb"
-        lines.append(f"| {a} | {runs[0]['batch']} | {'on' if runs[0]['checkpointing'] else 'off'} "
+        flops = [r["tokens_per_s"] * 4 * r["matmul_params"] / 1e9 for r in runs]  # GFLOP/s of matmul work
+        fp32 = statistics.median(f / r["matmul_gflops"] for f, r in zip(flops, runs))
+        bf16 = statistics.median(f / r["bf16_matmul_gflops"] for f, r in zip(flops, runs))
+        lines.append(f"| {a} | {runs[0]['compute_dtype']} "
+                     f"| {'de-quantized once' if runs[0]['dequantized'] else '4-bit, de-quantized per pass'} "
+                     f"| {runs[0]['attention']} "
                      f"| {_spread([r['tokens_per_s'] for r in runs], '.0f')} "
                      + "".join(f"| **{statistics.median(v):.2f}x** ({min(v):.2f}-{max(v):.2f}) "
                                for v in ratio.values())
-                     + f"| {runs[0]['padding_fraction']:.3f} | {max(r[mem] for r in runs)} "
+                     + f"| {fp32:.0%} | {bf16:.0%} | {max(r[mem] for r in runs)} "
                      f"| {statistics.median(r['eval_loss'] for r in runs):.4f} |")
     peaks = [r["matmul_gflops"] for r in result["runs"]]
+    bpeaks = [r["bf16_matmul_gflops"] for r in result["runs"]]
     lines += ["", f"{result['machine']}; {result['steps']} optimizer steps of 4 rows per run, {result['repeats']} "
-              f"interleaved repeats, {result['date']}; matmul peak before each run {min(peaks):.0f}-{max(peaks):.0f} "
-              "GFLOP/s. val. loss: on validation summaries after training (the tutorial arm trains on whole texts)."]
+              f"interleaved repeats, {result['date']}; matmul peak before each run: float32 {min(peaks):.0f}-"
+              f"{max(peaks):.0f} GFLOP/s, bfloat16 {min(bpeaks):.0f}-{max(bpeaks):.0f} GFLOP/s. val. loss: on "
+              "validation summaries after training (the tutorial arm trains on whole texts)."]
     return "\n".join(lines)
 
 
@@ -152,7 +160,9 @@ def profile_table(result: dict) -> str:
     lines += ["", "| operator category | self CPU ms | share |", "|---|---:|---:|"]
     lines += [f"| {k} | {v:,.0f} | {v / cpu:.0%} |" for k, v in cats.items()]
     lines += ["", f"{result['machine']}; {result['steps']} optimizer steps after 2 warm-up steps, compute dtype "
-              f"{result['compute_dtype']}, {'4-bit' if result['load_in_4bit'] else 'not 4-bit'} base"
+              f"{result['compute_dtype']}, "
+              + ("4-bit base de-quantized once" if result.get("dequantized") else
+                 "4-bit base de-quantized per pass" if result["load_in_4bit"] else "base not 4-bit")
               + (f", overrides {', '.join(result['overrides'])}" if result["overrides"] else "")
               + f"; {result['tokens_per_s']:.0f} real tokens/s under the profiler, {result['date']}."]
     return "\n".join(lines)

@@ -29,29 +29,88 @@ def end_token_ids(generation_config, tokenizer) -> list[int]:
     return ids
 
 
+def _merge_caches(cache, mask, new_cache, new_mask):
+    """One batch from two left-padded ones: each layer's keys and values, and the attention masks, padded on the
+    left to the longer length (masked out), then stacked along the batch."""
+    if cache is None:
+        return new_cache, new_mask
+    length = max(mask.shape[1], new_mask.shape[1])
+
+    def left(t, dim_len, dim):
+        pad = length - dim_len
+        if pad == 0:
+            return t
+        shape = list(t.shape)
+        shape[dim] = pad
+        return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+    for old, new in zip(cache.layers, new_cache.layers):
+        old.keys = torch.cat([left(old.keys, mask.shape[1], 2), left(new.keys, new_mask.shape[1], 2)])
+        old.values = torch.cat([left(old.values, mask.shape[1], 2), left(new.values, new_mask.shape[1], 2)])
+    return cache, torch.cat([left(mask, mask.shape[1], 1), left(new_mask, new_mask.shape[1], 1)])
+
+
 @torch.inference_mode()
 def generate_ids(model, tokenizer, prompts: list[list[int]], batch_size: int, max_new_tokens: int,
                  stop_strings: list[str] | None = None, progress=None) -> list[list[int]]:
-    """Greedy new token ids for each of the token-id ``prompts``, in input order, as ``generate`` returned
-    them: a row that stopped (end token or stop string) is padded to its batch's width with the pad id."""
-    order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
+    """Greedy new token ids for each of the token-id ``prompts``, in input order, up to and including the token that
+    ended it (an end token; or the one that completed a stop string, the text being cut there later).
+
+    Continuous batching: at most ``batch_size`` rows decode together, one forward pass per new token for all of
+    them; a row that ends leaves the batch at once (its keys and values dropped from the cache) and the next
+    prompts, longest first, are prefilled and join it, so no pass is spent on finished rows. The greedy choice of
+    each row is the one ``model.generate`` makes for it (float32: the same tokens; in bfloat16 the rounding can
+    follow the batch's composition, which differs)."""
+    from transformers import DynamicCache
+
     device = next(model.parameters()).device
+    eos = set(end_token_ids(getattr(model, "generation_config", None), tokenizer))
+    pending = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))[::-1]  # pop() takes the longest
     results: list[list[int]] = [[] for _ in prompts]
-    stop = {"stop_strings": stop_strings, "tokenizer": tokenizer} if stop_strings else {}
-    eos = end_token_ids(getattr(model, "generation_config", None), tokenizer)
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        batch = tokenizer.pad({"input_ids": [prompts[i] for i in idx]}, padding_side="left", return_tensors="pt")
-        input_ids, attention = batch["input_ids"], batch["attention_mask"]
-        out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                             max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                             temperature=None, top_p=None, top_k=None,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=eos, use_cache=True, **stop)
-        new_tokens = out[:, input_ids.shape[1]:].tolist()
-        for row, i in enumerate(idx):
-            results[i] = new_tokens[row]
-        if progress:
-            progress(min(start + batch_size, len(order)), len(order))
+    rows: list[int] = []  # prompt index of each row of the running batch
+    cache = mask = logits = None
+    finished = 0
+
+    def ended(i: int) -> bool:
+        new = results[i]
+        if new[-1] in eos or len(new) >= max_new_tokens:
+            return True
+        tail = tokenizer.decode(new[-16:], skip_special_tokens=True)  # a stop string just completed ends here
+        return any(s in tail for s in stop_strings or ())
+
+    while pending or rows:
+        if pending and len(rows) < batch_size:  # refill: prefill the next prompts, join them to the batch
+            take = [pending.pop() for _ in range(min(batch_size - len(rows), len(pending)))]
+            batch = tokenizer.pad({"input_ids": [prompts[i] for i in take]}, padding_side="left",
+                                  return_tensors="pt")
+            new_mask = batch["attention_mask"].to(device)
+            new_cache = DynamicCache()
+            out = model(input_ids=batch["input_ids"].to(device), attention_mask=new_mask,
+                        position_ids=(new_mask.cumsum(-1) - 1).clamp(min=0), cache=new_cache,
+                        use_cache=True, logits_to_keep=1)
+            cache, mask = _merge_caches(cache, mask, new_cache, new_mask)
+            logits = out.logits[:, -1] if logits is None else torch.cat([logits, out.logits[:, -1]])
+            rows += take
+        tokens = logits.argmax(-1)
+        keep = []
+        for j, i in enumerate(rows):
+            results[i].append(int(tokens[j]))
+            if not ended(i):
+                keep.append(j)
+        if len(keep) < len(rows):  # finished rows leave the batch
+            finished += len(rows) - len(keep)
+            index = torch.tensor(keep, device=device, dtype=torch.long)
+            cache.batch_select_indices(index)
+            rows, tokens, mask = [rows[j] for j in keep], tokens[index], mask[index]
+            if progress:
+                progress(finished, len(prompts))
+        if not rows:
+            cache = mask = logits = None
+            continue
+        mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
+        out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=mask.sum(-1, keepdim=True) - 1,
+                    cache=cache, use_cache=True)
+        logits = out.logits[:, -1]
     return results
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from sumlora.core.params import LoraParams, Params
-from sumlora.modeling import load_model_and_tokenizer
+from sumlora.modeling import compute_dtype, load_model_and_tokenizer
 
 # LoRA target modules per architecture (config.model_type): the attention projections.
 # Any other architecture gets peft's "all-linear" (every Linear layer but the output head).
@@ -44,18 +44,38 @@ def lora_config(params: LoraParams, model_type: str):
                       target_modules=target_modules(params, model_type), bias="none", task_type="CAUSAL_LM")
 
 
+def dequantize_base(params: Params) -> bool:
+    """Whether training runs on the 4-bit base de-quantized once (``train.dequantize_base``; ``auto``: on CPU, where
+    de-quantizing every weight at every forward and backward pass is most of a 4-bit step, and a small base's
+    de-quantized weights fit in memory; not on a GPU, where the memory 4 bit saves is the point)."""
+    choice = params.train.dequantize_base
+    if choice == "auto":
+        return params.model.load_in_4bit and not torch.cuda.is_available()
+    return bool(choice) and params.model.load_in_4bit
+
+
 def prepare_qlora_model(base_dir, params: Params):
     """Base model (4-bit when configured) prepared for k-bit training, with fresh LoRA layers (seeded).
-    Takes the whole params: it needs the model, lora and seed values and train.gradient_checkpointing."""
+    Takes the whole params: it needs the model, lora and seed values and train.gradient_checkpointing.
+
+    With :func:`dequantize_base`, the 4-bit layers are replaced once by plain Linear layers holding their NF4
+    weights de-quantized to the compute dtype: the same numbers QLoRA's 4-bit layers compute with at every pass
+    (``bitsandbytes`` de-quantizes to the compute dtype, then multiplies), held in memory instead of rebuilt.
+    The LoRA adapter trained is the same kind of file and loads onto the 4-bit base as before."""
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     model_params, gradient_checkpointing = params.model, params.train.gradient_checkpointing
     model, tok = load_model_and_tokenizer(base_dir, model_params)
+    model.set_attn_implementation(params.train.attention)
     model.config.use_cache = False  # the KV cache is useless in training and clashes with checkpointing
     gc_kwargs = {"use_reentrant": False}  # reentrant checkpointing breaks DDP and LoRA-only grads
     if model_params.load_in_4bit:
+        # freezes the base, casts what is not 4-bit (norms, embeddings, head) to float32
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
                                                 gradient_checkpointing_kwargs=gc_kwargs)
+        if dequantize_base(params):
+            model = model.dequantize(dtype=compute_dtype(model_params))
+            model.requires_grad_(False)
     elif gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
         model.enable_input_require_grads()

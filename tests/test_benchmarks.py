@@ -9,6 +9,8 @@ import sys
 import pytest
 from conftest import ROOT
 
+from sumlora.core.device import resolve_compute_dtype
+
 pytestmark = pytest.mark.slow
 
 
@@ -23,19 +25,22 @@ def test_training_benchmark_runs_each_lever_alone_and_together_interleaved(tmp_p
     out = bench("-m", "benchmarks.bench_train", "--base", str(tiny_llama_dir), "--data", str(dialogsum_dir),
                 "--steps", "2", "--eval-rows", "3", "--repeats", "1", "--json", str(tmp_path / "t.json"))
     r = json.loads((tmp_path / "t.json").read_text())
-    arms = ["tutorial", "baseline", "+batch", "+no_checkpointing", "+head_on_labels", "+mask_free",
-            "+length_grouping", "ours"]
+    arms = ["tutorial", "default", "+bf16", "+dequantized", "+eager", "+bf16+dequantized", "all"]
     assert [x["arm"] for x in r["runs"]] == arms
     run = {x["arm"]: x for x in r["runs"]}
     assert (run["tutorial"]["batch"], run["tutorial"]["checkpointing"]) == ("1 x 4", True)  # the tutorial's recipe
-    base = run["baseline"]
-    assert (base["batch"], base["checkpointing"], base["levers"]) == ("1 x 4", True, [])
-    assert run["+batch"]["batch"] == "2 x 2" and run["+no_checkpointing"]["checkpointing"] is False
-    assert (run["ours"]["batch"], run["ours"]["checkpointing"]) == ("2 x 2", False)  # params.yaml's
-    assert len(run["ours"]["levers"]) == 5 and all(len(run[a]["levers"]) == 1 for a in arms[2:-1])
+    assert (run["default"]["batch"], run["default"]["checkpointing"]) == ("2 x 2", False)  # params.yaml's
+    settings = {a: (run[a]["compute_dtype"], run[a]["dequantized"], run[a]["attention"]) for a in arms}
+    assert settings == {"tutorial": ("float32", False, "sdpa"), "default": ("float32", False, "sdpa"),
+                        "+bf16": ("bfloat16", False, "sdpa"), "+dequantized": ("float32", True, "sdpa"),
+                        "+eager": ("float32", False, "eager"), "+bf16+dequantized": ("bfloat16", True, "sdpa"),
+                        "all": ("bfloat16", True, "eager")}
     assert {x["rows"] for x in r["runs"]} == {8}  # same effective batch, same rows
     assert len({x["real_tokens"] for x in r["runs"]}) == 1  # the same text, each row once
-    assert run["baseline"]["padding_fraction"] == 0  # batch 1 never pads
+    assert run["tutorial"]["padding_fraction"] == 0  # batch 1 never pads
+    # float32 arms on the same rows: de-quantizing once or another attention kernel computes the same numbers
+    assert abs(run["+dequantized"]["eval_loss"] - run["default"]["eval_loss"]) < 1e-3
+    assert abs(run["+eager"]["eval_loss"] - run["default"]["eval_loss"]) < 1e-3
     layers, hidden, kv, inner = 2, 64, 32, 128  # tests/conftest.py's tiny Llama: q,o 64x64; k,v 64x32; MLP 3 x 64x128
     for x in r["runs"]:
         assert x["seconds"] > 0 and x["peak_rss_mb"] > 0 and x["matmul_gflops"] > 0 and math.isfinite(x["eval_loss"])
@@ -50,16 +55,20 @@ def test_generation_benchmark_interleaves_the_arms_and_compares_summaries(tmp_pa
                 "--data", str(dialogsum_dir), "--dialogues", "4", "--new-tokens", "30", "--repeats", "2",
                 "--json", str(tmp_path / "g.json"))
     r = json.loads((tmp_path / "g.json").read_text())
-    arms = ["tutorial", "batched", "dequantized", "batched_dequantized", "batched_bf16"]
+    arms = ["tutorial", "tutorial_bf16", "static_bf16", "stage"]
     assert [x["arm"] for x in r["runs"]] == arms * 2  # interleaved
     assert all(x["seconds"] > 0 and x["peak_rss_mb"] > 0 and x["matmul_gflops"] > 0 for x in r["runs"])
-    weights = {a: {x["weights"] for x in r["runs"] if x["arm"] == a} for a in arms}
-    assert weights == {"tutorial": {"4-bit"}, "batched": {"4-bit"}, "dequantized": {"de-quantized to float32"},
-                       "batched_dequantized": {"de-quantized to float32"}, "batched_bf16": {"de-quantized to bfloat16"}}
-    exact = [x for x in r["runs"] if x["arm"] != "batched_bf16"]  # bfloat16 rounding may change a summary
-    assert all(x["identical_to_tutorial"] == 4 for x in exact), out  # batching, de-quantizing change nothing
+    setting = {a: {(x["weights"], x["compute_dtype"], x["batch_size"]) for x in r["runs"] if x["arm"] == a}
+               for a in arms}
+    stage_dtype = resolve_compute_dtype("auto")  # params.yaml's auto, on this machine
+    stage_weights = "4-bit" if stage_dtype == "float32" else f"de-quantized to {stage_dtype}"
+    assert setting == {"tutorial": {("4-bit", "float32", 1)}, "tutorial_bf16": {("4-bit", "bfloat16", 1)},
+                       "static_bf16": {("de-quantized to bfloat16", "bfloat16", 8)},
+                       "stage": {(stage_weights, stage_dtype, 8)}}
     assert "summaries" not in r["runs"][0]  # the JSON does not quote the data
-    assert len({(x["rouge1"], x["rougeL"], x["summaries_sha256"]) for x in exact}) == 1  # same text, same scores
+    assert all(x["identical_to_tutorial"] == 4 for x in r["runs"] if x["arm"] == "tutorial")
+    if stage_dtype == "float32":  # no bf16 rounding: continuous batching gives the tutorial's summaries
+        assert all(x["identical_to_tutorial"] == 4 for x in r["runs"] if x["arm"] == "stage"), out
     assert 0 <= r["runs"][0]["rouge1"] <= 100
     from benchmarks.report import generate_table
 

@@ -14,7 +14,7 @@ from sumlora.tokenizing import encode_prompt
 def fp32_llama(tiny_llama_dir):
     from sumlora.core.params import ModelParams
 
-    return load_model_and_tokenizer(tiny_llama_dir, ModelParams(load_in_4bit=False))
+    return load_model_and_tokenizer(tiny_llama_dir, ModelParams(load_in_4bit=False, compute_dtype="float32"))
 
 
 def test_batched_equals_one_at_a_time(fp32_llama, dialogsum_dir):
@@ -89,7 +89,7 @@ def test_a_stop_string_stops_one_sequence_while_the_batch_goes_on(fp32_llama, di
     n = 16
     prompts = [encode_prompt(tok, DEFAULT, r["dialogue"]) for r in read_rows(dialogsum_dir / "test.jsonl", 30)[::3]]
     free = generate_ids(model, tok, prompts, len(prompts), n)
-    assert all(len(ids) == n for ids in free)
+    assert all(len(ids) == n or ids[-1] == tok.eos_token_id for ids in free)  # the cap, or the end token
     texts = [tok.decode(ids) for ids in free]
     # a stop string that the first sequence emits early and no other sequence emits at all
     a, stop = next((a, tok.decode(free[a][:2])) for a in range(len(free))
@@ -97,5 +97,30 @@ def test_a_stop_string_stops_one_sequence_while_the_batch_goes_on(fp32_llama, di
                                                               for b, t in enumerate(texts) if b != a))
     k = next(j for j in range(1, n + 1) if stop in tok.decode(free[a][:j]))  # tokens up to the stop string
     stopped = generate_ids(model, tok, prompts, len(prompts), n, stop_strings=[stop])
-    assert stopped[a] == free[a][:k] + [tok.pad_token_id] * (n - k)  # stopped there, padded to the batch width
+    assert stopped[a] == free[a][:k]  # stopped there, and left the batch
     assert [ids for b, ids in enumerate(stopped) if b != a] == [ids for b, ids in enumerate(free) if b != a]
+
+
+def test_continuous_batching_gives_what_generate_gives_each_dialogue(fp32_llama, dialogsum_dir):
+    """generate_ids decodes at most batch_size rows together; rows that end leave the batch and the next prompts
+    join it. Against transformers' own generate, one dialogue at a time with the same stop string (an independent
+    path): the same tokens for every dialogue, up to where generate stopped. The stop string is a word the outputs
+    contain, so rows end at different steps and the batch is refilled several times."""
+    model, tok = fp32_llama
+    dialogues = [r["dialogue"][: 120 + 70 * (i % 4)] for i, r in enumerate(read_rows(dialogsum_dir / "test.jsonl", 9))]
+    prompts = [encode_prompt(tok, DEFAULT, d) for d in dialogues]
+    free = generate_ids(model, tok, prompts, 3, 24)
+    texts = [tok.decode(ids) for ids in free]
+    in_how_many = {w: sum(w in t for t in texts) for t in texts for w in t.split()}
+    stop = max((w for w, n in in_how_many.items() if n < len(texts)), key=in_how_many.get)  # in most, not all
+    eos = [tok.eos_token_id]
+    reference = []
+    for p in prompts:
+        out = model.generate(input_ids=torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                             max_new_tokens=24, do_sample=False, stop_strings=[stop], tokenizer=tok,
+                             eos_token_id=eos, pad_token_id=tok.pad_token_id)
+        reference.append(out[0, len(p):].tolist())
+    ours = generate_ids(model, tok, prompts, 3, 24, stop_strings=[stop])
+    assert [len(r) for r in reference] != [24] * len(reference)  # some rows stopped early
+    assert all(len(r) == 24 or stop in tok.decode(r) for r in reference)
+    assert ours == reference

@@ -30,7 +30,8 @@ def fake_gpu(monkeypatch, capability, name="Tesla T4"):
 
 
 @pytest.mark.parametrize("capability, expected", [
-    (None, "float32"),  # CPU
+    (None, "float32"),  # a CPU without native bf16 matmuls
+    ("cpu-bf16", "bfloat16"),  # a CPU with them (AMX, AVX512-BF16)
     ((7, 5), "float16"),  # T4 / RTX 20xx: no native bf16
     ((7, 0), "float16"),  # V100
     ((8, 0), "bfloat16"),  # A100
@@ -38,7 +39,8 @@ def fake_gpu(monkeypatch, capability, name="Tesla T4"):
     ((9, 0), "bfloat16"),  # H100 / H200
 ])
 def test_compute_dtype_auto_follows_the_gpus_capability(monkeypatch, capability, expected):
-    fake_gpu(monkeypatch, capability)
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: capability == "cpu-bf16")
+    fake_gpu(monkeypatch, None if capability == "cpu-bf16" else capability)
     assert device.resolve_compute_dtype("auto") == expected
     assert device.resolve_compute_dtype("float32") == "float32"  # an explicit choice is kept
     from sumlora.core.params import ModelParams
@@ -150,7 +152,8 @@ def test_doctor_reports_the_environment_and_refuses_the_gpu_path_on_a_cpu_build(
     text = out.stdout
     assert "kernels-community" not in out.stderr, out.stderr  # a harmless notice the stages silence, too
     assert f"torch {torch.__version__}" in text and "torch CUDA build: none (CPU-only build)" in text
-    assert "device: cpu (" in text and "model.compute_dtype auto -> float32" in text
+    auto = "bfloat16" if device.cpu_has_native_bf16() else "float32"
+    assert "device: cpu (" in text and f"model.compute_dtype auto -> {auto}" in text
     assert "bitsandbytes backend: CPU" in text
     info = json.loads(subprocess.run(run + ["--json"], cwd=ROOT, capture_output=True, text=True, check=True).stdout)
     import bitsandbytes

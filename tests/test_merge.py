@@ -24,7 +24,12 @@ def adapter(request, tmp_path_factory, tiny_llama_dir, tiny_phi_dir):
 
     root = tmp_path_factory.mktemp(f"merge-{request.param}")
     materialize_base(str(tiny_llama_dir if request.param == "llama" else tiny_phi_dir), root / "base")
-    params = load_params(ROOT / "params.yaml")
+    import yaml
+
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    data["model"]["compute_dtype"] = "float32"  # exact arithmetic: the equality checks below need it
+    (root / "params.yaml").write_text(yaml.safe_dump(data))
+    params = load_params(root / "params.yaml")
     save_nonzero_adapter(root / "base", root / "adapter", params, DEFAULT)
     return root, params.model
 
@@ -39,7 +44,7 @@ def test_merged_model_loads_plainly_and_matches_base_plus_adapter(adapter, capsy
     root, model_params = adapter
     assert model_params.load_in_4bit  # the default: the adapter was trained on a 4-bit base
     assert main([str(root / "merged"), "--adapter", str(root / "adapter"), "--base", str(root / "base"),
-                 "--params", "missing.yaml"]) == 0
+                 "--params", str(root / "params.yaml")]) == 0
     assert "de-quantized from 4-bit nf4" in capsys.readouterr().out
 
     files = {p.name for p in (root / "merged").iterdir()}
@@ -62,7 +67,7 @@ def test_merge_refuses_a_missing_adapter_and_writes_nothing(adapter, tmp_path, c
     root, _ = adapter
     out = tmp_path / "merged"
     assert main([str(out), "--adapter", str(tmp_path / "nope"), "--base", str(root / "base"),
-                 "--params", "missing.yaml"]) == 1
+                 "--params", str(root / "params.yaml")]) == 1
     assert "nope" in capsys.readouterr().err
     assert not out.exists()
 
@@ -73,7 +78,7 @@ def test_merge_refuses_an_adapter_for_another_base(adapter, tmp_path, capsys, ti
     src = tiny_phi_dir if read_base_info(root / "base")["model_type"] == "llama" else tiny_llama_dir
     materialize_base(str(src), other)
     assert main([str(tmp_path / "m"), "--adapter", str(root / "adapter"), "--base", str(other),
-                 "--params", "missing.yaml"]) == 1
+                 "--params", str(root / "params.yaml")]) == 1
     assert "was trained on base model" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
 
@@ -84,7 +89,7 @@ def test_a_non_empty_output_directory_is_refused_unless_forced(adapter, tmp_path
     out = tmp_path / "users-folder"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    args = ["--adapter", str(root / "adapter"), "--base", str(root / "base"), "--params", "missing.yaml"]
+    args = ["--adapter", str(root / "adapter"), "--base", str(root / "base"), "--params", str(root / "params.yaml")]
     assert main([str(out), *args]) == 1
     assert "a non-empty directory and this command did not write it" in capsys.readouterr().err
     assert (out / "notes.txt").read_text() == "mine"
@@ -100,7 +105,7 @@ def test_an_output_directory_that_is_or_holds_an_input_is_always_refused(adapter
            "inside the adapter": root / "adapter" / "merged", "the base": root / "base"}[where]
     before = sorted(str(p) for p in root.rglob("*"))
     code = main([str(out), "--adapter", str(root / "adapter"), "--base", str(root / "base"),
-                 "--params", "missing.yaml", "--force"])
+                 "--params", str(root / "params.yaml"), "--force"])
     assert code == 1 and re.search(r"it (is|holds|lies inside) the input --(adapter|base)", capsys.readouterr().err)
     assert sorted(str(p) for p in root.rglob("*")) == before  # nothing deleted or added
 
@@ -112,7 +117,7 @@ def test_merge_onto_a_read_only_or_full_disk_is_one_line_and_leaves_nothing(adap
     root, _ = adapter
     out = small_disk[disk] / "merged"
     code = main([str(out), "--adapter", str(root / "adapter"), "--base", str(root / "base"),
-                 "--params", "missing.yaml"])
+                 "--params", str(root / "params.yaml")])
     last = capsys.readouterr().err.splitlines()[-1]  # after the weights' loading bar, if the model loaded
     assert code == 1 and last.startswith("error: ") and str(out) in last and message in last, last
     assert list(small_disk[disk].iterdir()) == []

@@ -14,6 +14,13 @@ from sumlora.training.trainer import summary_loss
 ARCHS = {"llama": "tiny_llama_dir", "phi": "tiny_phi_dir"}
 
 
+def four_bit_fp32(params):
+    """params.yaml's values on the QLoRA path itself: the 4-bit layers (not de-quantized once), float32 compute (the
+    exact arithmetic the equality checks below need; the machine's auto choice may be bfloat16)."""
+    params.model.compute_dtype, params.train.dequantize_base = "float32", False
+    return params
+
+
 def batch(tok, n=2):
     rows = [encode_example(tok, DEFAULT, f"#Person1#: Hello {i}.\n#Person2#: Hi there.", "They greet.")
             for i in range(n)]
@@ -25,7 +32,7 @@ def test_qlora_model_has_4bit_base_and_only_lora_trainable(arch, request, params
     import bitsandbytes as bnb
 
     params.train.gradient_checkpointing = True
-    model, tok = prepare_qlora_model(request.getfixturevalue(ARCHS[arch]), params)
+    model, tok = prepare_qlora_model(request.getfixturevalue(ARCHS[arch]), four_bit_fp32(params))
     expected = {"llama": ["q_proj", "k_proj", "v_proj", "o_proj"], "phi": ["q_proj", "k_proj", "v_proj", "dense"]}[arch]
     assert model.peft_config["default"].target_modules == set(expected)
     lora_modules = {name.split(".")[-1] for name, m in model.named_modules() if hasattr(m, "lora_A")}
@@ -43,7 +50,7 @@ def test_qlora_model_has_4bit_base_and_only_lora_trainable(arch, request, params
 def test_training_steps_change_lora_weights_only(arch, request, params):
     import bitsandbytes as bnb
 
-    model, tok = prepare_qlora_model(request.getfixturevalue(ARCHS[arch]), params)
+    model, tok = prepare_qlora_model(request.getfixturevalue(ARCHS[arch]), four_bit_fp32(params))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = bnb.optim.PagedAdamW8bit([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     model.train()
@@ -62,9 +69,12 @@ def test_training_steps_change_lora_weights_only(arch, request, params):
 
 
 def test_bnb_and_lora_configs_follow_params(params):
+    from sumlora.core.device import cpu_has_native_bf16
+
     cfg = bnb_config(params.model)
     assert cfg.load_in_4bit and cfg.bnb_4bit_quant_type == "nf4" and cfg.bnb_4bit_use_double_quant
-    assert cfg.bnb_4bit_compute_dtype == torch.float32
+    # compute_dtype auto on CPU: bfloat16 where the CPU has native bf16 matmuls, else float32
+    assert cfg.bnb_4bit_compute_dtype == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
     params.model.load_in_4bit = False
     assert bnb_config(params.model) is None
     lc = lora_config(LoraParams(r=32, alpha=32.0, dropout=0.05, target_modules=None), "phi")
@@ -149,7 +159,7 @@ def test_parameter_count_counts_4bit_weights_once_each(tiny_llama_dir, params):
 @pytest.mark.parametrize("arch", sorted(ARCHS))
 def test_summary_loss_equals_the_models_own_loss_and_gradients(arch, request, params):
     """The LM head on label positions only gives the full forward's loss and gradients."""
-    model, tok = prepare_qlora_model(request.getfixturevalue(ARCHS[arch]), params)
+    model, tok = prepare_qlora_model(request.getfixturevalue(ARCHS[arch]), four_bit_fp32(params))
     rows = [encode_example(tok, DEFAULT, "#Person1#: " + "word " * (3 + 7 * i) + "\n#Person2#: Fine.",
                            "A short talk" + " indeed" * i + ".") for i in range(3)]  # ragged: real padding
     b = PadCollator(tok.pad_token_id)(rows)
@@ -168,7 +178,41 @@ def test_summary_loss_equals_the_models_own_loss_and_gradients(arch, request, pa
                          for n, p in model.named_parameters() if n in grads)
     n_labels = int((b["labels"][:, 1:] != -100).sum())
     assert torch.allclose(summary_loss(model, b, num_items_in_batch=2 * n_labels)[0], ours / 2)
-    for head, mask_free in ((False, True), (True, False), (False, False)):  # the benchmark's ablation switches
-        torch.manual_seed(0)
-        assert torch.allclose(summary_loss(model, b, head_on_labels=head, mask_free=mask_free)[0], full,
-                              rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_training_on_the_base_dequantized_once_computes_what_the_4bit_layers_compute(arch, request, params):
+    """train.dequantize_base: the 4-bit layers are replaced by plain Linear layers holding exactly the weights
+    bitsandbytes de-quantizes at every pass (its own dequantize_4bit, on the same 4-bit weights), so the loss and the
+    LoRA gradients are the 4-bit model's (float32 here: the same arithmetic), without a 4-bit layer left."""
+    import bitsandbytes as bnb
+
+    base = request.getfixturevalue(ARCHS[arch])
+    four = prepare_qlora_model(base, four_bit_fp32(params))[0]
+    params.train.dequantize_base = True
+    once, tok = prepare_qlora_model(base, params)
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in once.modules())
+    layers = {n: m for n, m in four.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+    plain = dict(once.named_modules())
+    assert layers and all(torch.equal(plain[n].weight, bnb.functional.dequantize_4bit(m.weight.data,
+                                                                                      m.weight.quant_state))
+                          for n, m in layers.items())
+    assert all(not p.requires_grad for n, p in once.named_parameters() if "lora_" not in n)
+    b = batch(tok, 3)
+    results = []
+    for model in (four, once):
+        model.train()
+        torch.manual_seed(0)  # same LoRA dropout masks
+        loss, _ = summary_loss(model, b)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    (l4, g4), (l1, g1) = results
+    assert torch.allclose(l4, l1, rtol=1e-5, atol=1e-6) and set(g4) == set(g1) and g4
+    assert all(torch.allclose(g4[n], g1[n], rtol=1e-3, atol=1e-6) for n in g4)
+
+
+def test_attention_param_picks_the_kernel(tiny_llama_dir, params):
+    params.train.attention = "eager"
+    assert prepare_qlora_model(tiny_llama_dir, params)[0].config._attn_implementation == "eager"
+    params.train.attention = "sdpa"
+    assert prepare_qlora_model(tiny_llama_dir, params)[0].config._attn_implementation == "sdpa"

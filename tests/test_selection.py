@@ -32,6 +32,7 @@ def run(tokenized, tmp_path, **train):
     from sumlora.training.run import train as train_run
 
     params = load_params(ROOT / "params.yaml")
+    params.model.compute_dtype = "float32"  # exact arithmetic: the losses are compared with ones measured apart
     for k, v in {"max_steps": 6, "learning_rate": 0.3, "lr_scheduler": "constant", "warmup_steps": 0,
                  "eval_steps": 1, "save_steps": 1, "logging_steps": 1, "batch_size": 2,
                  "gradient_accumulation_steps": 1, "max_eval_samples": 4, **train}.items():
@@ -155,3 +156,33 @@ def test_a_diverged_run_fails_and_publishes_nothing(tokenized, tmp_path):
     assert proc.returncode == 1 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "training diverged at step" in errors[0] and "train.learning_rate (1e+30) too high" in errors[0]
     assert not any((tmp_path / n).exists() for n in ("adapter", "live", "train.json"))
+
+
+def test_neftune_adds_embedding_noise_of_its_size_in_training_only(tokenized, tmp_path, monkeypatch):
+    """train.neftune_noise_alpha: while training, the input embeddings the model receives are the embedding lookup
+    plus uniform noise within alpha / sqrt(sequence length x width) (NEFTune's size, worked out here from the batch
+    shapes), not zero; in the validation passes they are the plain lookup."""
+    import torch
+    from transformers import TrainerCallback
+
+    import sumlora.training.run as run_module
+
+    seen = {"train": [], "eval": []}
+
+    class Capture(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            emb = model.get_input_embeddings()
+
+            def hook(module, inputs, output):  # registered after NEFTune's hook: sees its output
+                clean = torch.nn.functional.embedding(inputs[0], module.weight)
+                bound = 5.0 / (output.shape[1] * output.shape[2]) ** 0.5
+                seen["train" if module.training else "eval"].append(((output - clean).abs().max().item(), bound))
+
+            emb.register_forward_hook(hook)
+
+    original = run_module.callbacks
+    monkeypatch.setattr(run_module, "callbacks", lambda *a, **k: original(*a, **k) + [Capture()])
+    run(tokenized, tmp_path, max_steps=2, neftune_noise_alpha=5.0)
+    assert seen["train"] and seen["eval"]
+    assert all(0 < noise <= bound * (1 + 1e-2) and noise > bound / 2 for noise, bound in seen["train"]), seen["train"]
+    assert all(noise == 0 for noise, _ in seen["eval"])

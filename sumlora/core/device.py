@@ -1,7 +1,8 @@
 """What this machine can compute with, and the dtype decisions that follow from it.
 
 - ``resolve_compute_dtype``: ``model.compute_dtype: auto`` -> bfloat16 on a GPU with native bf16
-  (compute capability 8.0 and up), float16 on an older GPU, float32 on CPU.
+  (compute capability 8.0 and up) and on a CPU with native bf16 matmuls, float16 on an older GPU, float32 on
+  other CPUs.
 - ``compute_dtype_problem``: the params check's refusal of bfloat16 on a GPU that only emulates it.
 - ``cpu_has_native_bf16``: whether a CPU's oneDNN runs bf16 matmuls natively (``generate.dequantize: auto``).
 - ``environment``: versions, device, capability, bf16 support and the bitsandbytes backend
@@ -40,13 +41,13 @@ def cpu_has_native_bf16() -> bool:
 
 def resolve_compute_dtype(name: str) -> str:
     """The dtype ``model.compute_dtype`` stands for on this machine: ``auto`` is bfloat16 on a GPU with native
-    bf16, float16 on an older GPU, float32 on CPU (bitsandbytes' CPU 4-bit matmuls are measured in float32
-    here); any other value is itself."""
+    bf16, float16 on an older GPU, bfloat16 on a CPU with native bf16 matmuls (AMX or AVX512-BF16: measured faster
+    there, BENCHMARKS.md), float32 on other CPUs; any other value is itself."""
     if name != "auto":
         return name
     capability = gpu_capability()
     if capability is None:
-        return "float32"
+        return "bfloat16" if cpu_has_native_bf16() else "float32"
     return "bfloat16" if capability >= NATIVE_BF16_CAPABILITY else "float16"
 
 

@@ -25,6 +25,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 DEQUANTIZE = ("auto", "none", "float32", "bfloat16")
 PROMPT_STYLES = ("instruct", "chat")
 SELECT = ("last", "best")
+ATTENTION = ("eager", "sdpa")  # transformers' attention implementations the train stage may use
 SPLITS = ("test", "validation")
 
 @dataclass
@@ -123,6 +124,9 @@ class TrainParams:
     select: str = "last"
     early_stopping_patience: int | None = None
     logging_steps: int = 5
+    dequantize_base: str | bool = "auto"
+    attention: str = "sdpa"
+    neftune_noise_alpha: float | None = None
 
     def check(self):
         errs = []
@@ -154,6 +158,12 @@ class TrainParams:
             errs.append(("optim", f"must be one of {OPTIMIZERS}, got {self.optim!r}"))
         if self.lr_scheduler not in SCHEDULERS:
             errs.append(("lr_scheduler", f"must be one of {SCHEDULERS}, got {self.lr_scheduler!r}"))
+        if self.neftune_noise_alpha is not None and self.neftune_noise_alpha <= 0:
+            errs.append(("neftune_noise_alpha", f"must be > 0 or null (off), got {self.neftune_noise_alpha}"))
+        if self.attention not in ATTENTION:
+            errs.append(("attention", f"must be one of {ATTENTION}, got {self.attention!r}"))
+        if self.dequantize_base not in ("auto", True, False):
+            errs.append(("dequantize_base", f"must be auto, true or false, got {self.dequantize_base!r}"))
         for k in ("eval_steps", "save_steps", "warmup_steps"):
             if getattr(self, k) > self.max_steps:
                 errs.append((k, f"must be <= train.max_steps ({self.max_steps}), got {getattr(self, k)}"))

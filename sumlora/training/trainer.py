@@ -10,8 +10,7 @@ from sumlora.tokenizing import IGNORE_INDEX
 from sumlora.training.checkpoints import KEEP, mark_complete
 
 
-def summary_loss(model, inputs: dict, num_items_in_batch=None, head_on_labels: bool = True, mask_free: bool = True,
-                 per_row: bool = False):
+def summary_loss(model, inputs: dict, num_items_in_batch=None, per_row: bool = False):
     """Next-token cross-entropy on the label tokens only, computing the LM head only where it is needed.
 
     The usual forward projects every position onto the vocabulary (B x T x V logits, 49k wide
@@ -19,8 +18,7 @@ def summary_loss(model, inputs: dict, num_items_in_batch=None, head_on_labels: b
     B x T boolean mask) keeps just the positions whose next token is a label, so the head's
     compute and its logits memory shrink to the summary tokens. Same value as the model's own
     loss: summed over label tokens, divided by their count (``num_items_in_batch``, the count over
-    the accumulated batches and processes when the Trainer supplies it). ``head_on_labels=False`` and
-    ``mask_free=False`` switch the two savings off (the training benchmark's ablation measures each).
+    the accumulated batches and processes when the Trainer supplies it).
     ``per_row``: the mean over rows of each row's mean loss per label token instead (the validation loss: the
     Trainer averages batches weighted by their row count, so this one does not depend on the batch size).
     """
@@ -28,12 +26,12 @@ def summary_loss(model, inputs: dict, num_items_in_batch=None, head_on_labels: b
     targets = labels[:, 1:]
     keep = torch.nn.functional.pad(targets != IGNORE_INDEX, (0, 1), value=False)  # position t predicts t+1
     # Right padding (PadCollator's): with causal attention no real token sees a later pad, so the
-    # padding mask changes nothing that is scored; without it attention runs as plain causal SDPA
-    # (the fused kernel) instead of materialising a masked score matrix.
+    # padding mask changes nothing that is scored; without it attention runs as plain causal attention
+    # instead of building a padding mask.
     right_padded = bool((mask[:, :-1] >= mask[:, 1:]).all()) and bool(mask[:, 0].all())
-    outputs = model(input_ids=inputs["input_ids"], attention_mask=None if right_padded and mask_free else mask,
-                    logits_to_keep=keep if head_on_labels else 0, use_cache=False)
-    logits = outputs.logits if head_on_labels else outputs.logits[keep]  # (label tokens, V), row-major order
+    outputs = model(input_ids=inputs["input_ids"], attention_mask=None if right_padded else mask,
+                    logits_to_keep=keep, use_cache=False)
+    logits = outputs.logits  # (label tokens, V), row-major order
     logits = logits.reshape(-1, logits.shape[-1])
     if per_row:
         token_loss = torch.nn.functional.cross_entropy(logits.float(), targets[targets != IGNORE_INDEX],
@@ -155,8 +153,8 @@ def callbacks(live, early_stopping_patience: int | None = None):
             EarlyStoppingCallback(early_stopping_patience=early_stopping_patience)]
 
 
-def training_arguments(tp: TrainParams, seed: int, compute_dtype: str, output_dir, **overrides):
-    """The TrainingArguments of the train stage (``overrides`` replace single fields, for benchmarks)."""
+def training_arguments(tp: TrainParams, seed: int, compute_dtype: str, output_dir):
+    """The TrainingArguments of the train stage."""
     from transformers import TrainingArguments
 
     cuda = torch.cuda.is_available()
@@ -174,8 +172,9 @@ def training_arguments(tp: TrainParams, seed: int, compute_dtype: str, output_di
         activation_checkpointing=tp.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if tp.gradient_checkpointing else None,
         remove_unused_columns=False, label_names=["labels"], include_num_input_tokens_seen="non_padding",
-        use_cpu=not cuda, bf16=cuda and compute_dtype == "bfloat16",
+        # bfloat16: autocast (on CPU too), which a base de-quantized to bfloat16 needs; 4-bit layers cast themselves
+        use_cpu=not cuda, bf16=compute_dtype == "bfloat16",
         fp16=cuda and compute_dtype == "float16", dataloader_num_workers=0,
+        neftune_noise_alpha=tp.neftune_noise_alpha,  # NEFTune: uniform noise on the input embeddings in training
         disable_tqdm=True)
-    kwargs.update(overrides)
     return TrainingArguments(**kwargs)
