@@ -1,10 +1,13 @@
 """Score the predictions with ROUGE and write metrics, a per-example table, a report and plots.
 
-    python -m stages.evaluate data/predictions metrics/rouge.json reports plots/evaluation
+    python -m stages.evaluate data/predictions metrics/train.json metrics/rouge.json metrics/headline.json \
+        reports plots/evaluation
 
 Reads base.jsonl, base_chat.jsonl (may be empty: no chat template) and finetuned.jsonl from
-the predictions directory. Writes metrics/rouge.json; reports/examples.csv (one row per
-dialogue, biggest fine-tuning wins first, losses last) and reports/evaluation.md; and
+the predictions directory, and the train stage's metrics (for the validation loss). Writes
+metrics/rouge.json (every score); metrics/headline.json (the few numbers `dvc metrics show/diff`
+compare); reports/examples.csv (one row per dialogue, biggest fine-tuning wins first, losses last) and
+reports/evaluation.md; and
 plots/evaluation/rouge.csv (for `dvc plots show`) and rouge.png.
 """
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 
 from sumlora.core import atomic, cli
 from sumlora.core.errors import DataError
@@ -19,14 +23,14 @@ from sumlora.core.params import load_params
 from sumlora.data import load_records
 from sumlora.evaluation.report import markdown_report, rouge_bars
 from sumlora.evaluation.rouge import ROUGE_TYPES
-from sumlora.evaluation.scores import SCORINGS, evaluate
+from sumlora.evaluation.scores import SCORINGS, evaluate, headline
 
 SYSTEMS = ("base", "base_chat", "finetuned")
 
 
 def parser():
-    ap = cli.path_parser("stages.evaluate", __doc__, "in:predictions_dir", "file:metrics", "dir:reports_dir",
-                         "dir:plots_dir")
+    ap = cli.path_parser("stages.evaluate", __doc__, "in:predictions_dir", "in:train_metrics", "file:metrics",
+                         "file:headline", "dir:reports_dir", "dir:plots_dir")
     return ap
 
 
@@ -64,6 +68,7 @@ def main(argv: list[str]) -> None:
     atomic.write_text(args.plots_dir / "rouge.csv", "\n".join(bars) + "\n")
     rouge_bars(metrics, args.plots_dir / "rouge.png")
     atomic.write_json(args.metrics, metrics)
+    atomic.write_json(args.headline, headline(metrics, json.loads(args.train_metrics.read_text())))
 
     for scoring in SCORINGS:
         print(f"[{scoring}]")

@@ -1,8 +1,9 @@
 """Write the release: the adapter with a model card, generation config and the base's tokenizer.
 
-    python -m stages.release models/base models/adapter metrics models/release
+    python -m stages.release models/base models/adapter metrics requirements.lock sweep/seeds.json models/release
 
-Reads rouge.json, train.json and data.json from the metrics directory; writes the release directory
+Reads rouge.json, train.json and data.json from the metrics directory, the tested versions from the lock file
+(the card's install line) and the sweep's seed groups (the card's seed spread); writes the release directory
 whole (sumlora/release.py says what is in it). `dvc artifacts get` fetches it by name (dvc.yaml artifacts).
 """
 
@@ -13,7 +14,8 @@ from sumlora.core.params import load_params
 
 
 def parser():
-    ap = cli.path_parser("stages.release", __doc__, "in:base_dir", "in:adapter_dir", "in:metrics_dir", "dir:out_dir")
+    ap = cli.path_parser("stages.release", __doc__, "in:base_dir", "in:adapter_dir", "in:metrics_dir", "in:lock",
+                          "in:seeds", "dir:out_dir")
     return ap
 
 
@@ -26,7 +28,8 @@ def main(argv: list[str]) -> None:
 
     check_adapter(args.adapter_dir, args.base_dir)  # complete, safetensors, trained on this base
     dequantize_to = resolve_dequantize(params.generate.dequantize, params.model)  # as the generate stages resolve it
-    release = write_release(args.out_dir, args.base_dir, args.adapter_dir, args.metrics_dir, params, dequantize_to)
+    release = write_release(args.out_dir, args.base_dir, args.adapter_dir, args.metrics_dir, params, dequantize_to,
+                            args.lock, args.seeds)
     print(f"release of an adapter on {release['base']['base_model']} -> {args.out_dir}")
 
 

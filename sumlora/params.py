@@ -10,24 +10,12 @@ the ``check_params`` stage, the prompt template's and the model's checks include
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 from sumlora.core import cli
-from sumlora.core.params import Params, load_params
+from sumlora.core.params import Params, flatten, load_params
 from sumlora.model_source import problems
 from sumlora.prompt import check_template_fits
-
-
-def flatten(obj, prefix: str = "") -> dict:
-    """``{"lora.r": 16, ...}`` from a params object or nested mapping."""
-    out = {}
-    for k, v in (obj.items() if isinstance(obj, dict) else dataclasses.asdict(obj).items()):
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _cli_value(v) -> str:

@@ -8,8 +8,13 @@
 - the tokenizer and ``prompt_template.json``;
 - ``generation_config.json``: the pipeline's decoding (greedy, ``max_new_tokens``, its end tokens, and the
   end marker as a stop string), so ``generate`` reproduces the pipeline's summaries without params.yaml;
+- ``merged/`` (``release.merged_model``): base + adapter merged, in the dtype generation computes with, loadable
+  with plain ``transformers.AutoModelForCausalLM.from_pretrained`` (no peft, no bitsandbytes, no base to fetch);
 - ``README.md``: a Hugging Face model card (``huggingface_hub.ModelCard``) with ``model-index`` results
-  equal to ``metrics/rouge.json``, and loading code that tests/test_pipeline.py runs;
+  equal to ``metrics/rouge.json`` (labelled with the split, the number of dialogues and references scored),
+  the install line pinned to the tested versions (``requirements.lock``), the seed spread measured by a sweep
+  (``sweep/seeds.json``, written by ``python -m sumlora.sweep_report``) when it covers these params, and
+  loading code that tests/test_pipeline.py runs;
 - ``release.json``: the base's provenance and how the pipeline loaded it.
 """
 
@@ -59,6 +64,65 @@ def generation_config(base_dir: Path, tokenizer, template: PromptTemplate, max_n
                             bos_token_id=tokenizer.bos_token_id, stop_strings=template.stop_strings() or None)
 
 
+IGNORED_FOR_SEEDS = ("seed",)  # rows differing only in these are the same configuration
+NOT_CONFIG = ("release.",)  # params that change no score
+
+
+def config_key(params: dict) -> str:
+    """The configuration a row ran: its params but the seed and those that change no score, as canonical JSON."""
+    return json.dumps({k: v for k, v in params.items() if k not in IGNORED_FOR_SEEDS and not k.startswith(NOT_CONFIG)},
+                      sort_keys=True)
+
+
+MERGED_DIR = "merged"
+CARD_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate")  # what the card's code imports
+MERGED_PACKAGES = ("torch", "transformers")
+
+
+def pinned(lock: Path, packages: tuple[str, ...]) -> str:
+    """``pkg==version`` for each of ``packages``, as ``requirements.lock`` (the tested environment) pins them."""
+    versions = {}
+    for line in lock.read_text().splitlines():
+        name, sep, version = line.strip().partition("==")
+        if sep:
+            versions[name.lower().replace("_", "-")] = version.split(";")[0].strip()
+    missing = [p for p in packages if p not in versions]
+    if missing:
+        raise ValueError(f"{lock}: no pinned version of {', '.join(missing)}")
+    return " ".join(f"{p}=={versions[p]}" for p in packages)
+
+
+def seed_note(groups: list[dict], params, source: str) -> str:
+    """What the card says about training randomness: the scores of these params trained with other seeds, from
+    the sweep's ``seeds.json`` groups (:func:`sumlora.sweep_report.seed_groups`) whose configuration is these
+    params' (the seed, the split scored and the release's own params aside), or that it was not measured."""
+    from sumlora.core.params import flatten
+
+    mine = flatten(params)
+    mine.pop("generate.split", None)
+    want = config_key(mine)
+    for g in groups:
+        theirs = dict(g["params"])
+        theirs.pop("generate.split", None)
+        if config_key(theirs) == want:
+            scores = ", ".join(f"{v:.2f} (seed {k})" for k, v in sorted(g["scores"].items(), key=lambda kv: int(kv[0])))
+            name = ROUGE_NAMES.get(g["metric"], g["metric"])
+            refs = g["scoring"].replace("all_refs", "all references").replace("first_ref", "first reference")
+            return ("The interval covers the choice of test dialogues, not training randomness. Trained with "
+                    f"different seeds, these params scored {name} {scores} on the first {g['num_dialogues']} "
+                    f"{g['split']} dialogues ({refs}): a spread of {g['spread']:.2f} (`{source}`).")
+    return ("The interval covers the choice of test dialogues, not training randomness; the spread over training "
+            f"seeds was not measured for these params (`{source}` has no sweep of them).")
+
+
+def references_per_dialogue(split: str, data: dict) -> str:
+    """How many human references each scored dialogue has (the format stage's count for test; one otherwise)."""
+    if split != "test":
+        return "1"
+    counts = sorted(int(k) for k in data.get("format", {}).get("test_dialogues_by_reference_count", {}) or {"1": 0})
+    return str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+
+
 def loading(model_params, dequantize_to: str | None) -> dict:
     """How the pipeline loaded the base to generate the scored summaries (recorded in release.json)."""
     from sumlora.modeling import compute_dtype
@@ -69,9 +133,14 @@ def loading(model_params, dequantize_to: str | None) -> dict:
             "dequantize_to": dequantize_to}
 
 
-def load_snippet(ref: dict, load: dict, template: PromptTemplate, batch_size: int) -> str:
-    """Python that loads the release with transformers + peft and summarizes a list ``dialogues`` into
-    ``summaries`` exactly as the pipeline did (tests/test_pipeline.py runs it against the pipeline's output)."""
+def load_snippet(ref: dict, load: dict, template: PromptTemplate, batch_size: int, merged: bool = False) -> str:
+    """Python that loads the release and summarizes a list ``dialogues`` into ``summaries`` as the pipeline did
+    (tests/test_pipeline.py runs it against the pipeline's output): the merged model with plain transformers
+    when the release has one, else the base with transformers + peft."""
+    if merged:
+        lines = [f"model = AutoModelForCausalLM.from_pretrained(release + \"/{MERGED_DIR}\").eval()  # base + adapter"]
+        imports = ["from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig"]
+        return _snippet(imports, lines, load, template, batch_size)
     if ref["base_model"] == EMBEDDED_HUB_ID and not ref["revision"]:  # the de-quantized GGUF weights trained on
         where = ['base_path = "models/base"  # this repository\'s base: dvc pull models/base (or dvc repro base_model)']
     else:
@@ -92,6 +161,12 @@ def load_snippet(ref: dict, load: dict, template: PromptTemplate, batch_size: in
                   "model = PeftModel.from_pretrained(base, release).merge_and_unload().eval()"]
     else:
         lines += ["model = PeftModel.from_pretrained(base, release).eval()"]
+    imports = ["from peft import PeftModel",
+               "from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, GenerationConfig"]
+    return _snippet(imports, lines, load, template, batch_size)
+
+
+def _snippet(imports: list[str], lines: list[str], load: dict, template: PromptTemplate, batch_size: int) -> str:
     if template.chat:
         prompt = [f"USER = {json.dumps(template.user_message)}",
                   "",
@@ -108,8 +183,7 @@ def load_snippet(ref: dict, load: dict, template: PromptTemplate, batch_size: in
         cut = f"text.split({json.dumps(template.end_marker)}, 1)[0].strip()"
     return "\n".join([
         "import torch",
-        "from peft import PeftModel",
-        "from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, GenerationConfig",
+        *imports,
         "",
         'release = "models/release"  # this directory (e.g. where `dvc artifacts get` put it)',
         *lines,
@@ -117,8 +191,9 @@ def load_snippet(ref: dict, load: dict, template: PromptTemplate, batch_size: in
         "generation_config = GenerationConfig.from_pretrained(release)  # greedy, as the pipeline",
         *prompt,
         "",
-        "# Batched as the pipeline: longest prompts first, left-padded. Another batch size changes some summaries",
-        f"# (the padding changes the rounding of {load['dequantize_to'] or load['compute_dtype']} arithmetic).",
+        "# Batches of the pipeline's size, longest prompts first, left-padded. In float32 these are the pipeline's",
+        "# summaries; in bfloat16 or float16 the padding and batch changes the rounding, and greedy decoding can",
+        f"# follow it into other words ({load['dequantize_to'] or load['compute_dtype']} here).",
         f"BATCH = {batch_size}",
         "ids = [prompt_ids(d) for d in dialogues]",
         "order = sorted(range(len(ids)), key=lambda i: (-len(ids[i]), i))",
@@ -147,9 +222,10 @@ on DialogSum by the dvc pipeline of this repository (`dvc repro`; this card is w
 
 ## Results
 
-ROUGE F1 x100 on {{ num_dialogues }} dialogues of the DialogSum {{ split }} split{{ split_note }}, greedy decoding.
+ROUGE F1 x100 (`rouge_score`, stemmer on) of the summaries in `{{ scored_file }}`: the first {{ num_dialogues }}
+dialogues of the DialogSum {{ split }} split{{ split_note }}, {{ refs }} human reference(s) each, greedy decoding.
 *All references*: per dialogue the best-matching of its references, then the mean; *first reference*: against
-the first reference only.
+the first reference only. One training run (seed {{ seed }}).
 
 | system | {{ rouge_header }} |
 |---|{{ rouge_rule }}|
@@ -176,15 +252,15 @@ Gain of the fine-tuned model over the {{ baseline }} ({{ confidence }}% paired b
 
 ## How to load
 
-`pip install torch transformers peft bitsandbytes accelerate`, then, for a list of dialogue strings `dialogues`
-(`#Person1#: ...` lines, as in DialogSum):
+`pip install {{ install }}` (the versions this release was tested with), then, for a list of dialogue strings
+`dialogues` (`#Person1#: ...` lines, as in DialogSum):
 
 ```python
 {{ snippet }}
 ```
 
-This reproduces the summaries scored above ({{ weights }}). `generation_config.json` holds the decoding:
-greedy, at most {{ max_new_tokens }} new tokens, stopping at {{ stops }}.
+This computes as the pipeline did ({{ weights }}). `generation_config.json` holds the decoding:
+greedy, at most {{ max_new_tokens }} new tokens, stopping at {{ stops }}.{{ base_note }}
 
 ## Intended use and limits
 
@@ -192,7 +268,7 @@ greedy, at most {{ max_new_tokens }} new tokens, stopping at {{ stops }}.
   chats with many speakers, other languages or domains.
 - A small model: summaries can miss the point, swap who said what, or state things the dialogue does not
   say. Check them before relying on them.
-- Scores come from {{ num_dialogues }} test dialogues and one training run; see the interval above.
+- Scores come from {{ num_dialogues }} {{ split }} dialogues and one training run; see the interval above.
 
 ## Data and license
 
@@ -206,15 +282,18 @@ def _fmt_rouge(scores: dict) -> str:
 
 
 def model_card(rouge: dict, train: dict, data: dict, params, ref: dict, load: dict, template: PromptTemplate,
-               adapter_config: dict) -> str:
+               adapter_config: dict, install: str, seed_text: str, merged: bool = False) -> str:
     """The model card (README.md) text: metadata with ``model-index`` results built with huggingface_hub."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     split = rouge["split"]
     name = f"{ref['base_model'].rsplit('/', 1)[-1]}-dialogsum-lora"
+    refs = references_per_dialogue(split, data)
     results = [EvalResult(task_type="summarization", task_name="Dialogue summarization", dataset_type=DATASET_ID,
-                          dataset_name="DialogSum", dataset_split=split, metric_type=t,
-                          metric_name=f"{label} (all references)", metric_value=rouge["finetuned"]["all_refs"][t])
+                          dataset_name=f"DialogSum, first {rouge['num_dialogues']} {split} dialogues, offline copy",
+                          dataset_split=split, metric_type=t,
+                          metric_name=f"{label} (best of {refs} references)",
+                          metric_value=rouge["finetuned"]["all_refs"][t])
                for t, label in ROUGE_NAMES.items()]
     card_data = ModelCardData(base_model=ref["base_model"] if ref["hub"] else None, library_name="peft",
                               pipeline_tag="text-generation", license=params.release.license, language="en",
@@ -228,11 +307,6 @@ def model_card(rouge: dict, train: dict, data: dict, params, ref: dict, load: di
     imp = rouge["improvement"]["all_refs"]
     gain = ", ".join(f"{label} {imp[t]['diff']:+.2f} [{imp[t]['ci_low']:+.2f}, {imp[t]['ci_high']:+.2f}]"
                      for t, label in ROUGE_NAMES.items())
-    spread = params.release.seed_spread
-    seed_note = ("The interval covers the choice of test dialogues, not training randomness. "
-                 + (f"Trained with different seeds, these params scored ROUGE-L {', '.join(f'{s:.2f}' for s in spread)}"
-                    f" on validation (all references): a spread of {max(spread) - min(spread):.2f}."
-                    if spread else "The spread over training seeds was not measured."))
     if template.chat:
         prompt_format = ("The dialogue as one user turn through the tokenizer's chat template, the summary being the "
                          f"assistant's reply. The user turn:\n\n```text\n{template.user_message}\n```")
@@ -243,7 +317,10 @@ def model_card(rouge: dict, train: dict, data: dict, params, ref: dict, load: di
     lp = params.lora
     quant = (f"{params.model.quant_type.upper()}, double quantization {'on' if params.model.double_quant else 'off'},"
              f" compute dtype {load['compute_dtype']}") if params.model.load_in_4bit else "off: not quantized"
-    weights = (f"the 4-bit base de-quantized once to {load['dequantize_to']}, the adapter merged in"
+    merged_dtype = load["dequantize_to"] or load["compute_dtype"]
+    weights = (f"`{MERGED_DIR}/`: the 4-bit base de-quantized once to {merged_dtype}, "
+               "the adapter merged in, as the generate stage computed" if merged else
+               f"the 4-bit base de-quantized once to {load['dequantize_to']}, the adapter merged in"
                if load["dequantize_to"] else "the 4-bit base with the adapter attached" if load["load_in_4bit"]
                else f"the base in {load['compute_dtype']} with the adapter attached")
     stops = " or ".join(["the end tokens"] + [f"`{s}`" for s in template.stop_strings()])
@@ -255,7 +332,12 @@ def model_card(rouge: dict, train: dict, data: dict, params, ref: dict, load: di
         rouge_header=" | ".join(ROUGE_NAMES.values()), rouge_rule="|".join(["---"] * len(ROUGE_NAMES)),
         rouge_rows="\n".join(rows), baseline=SYSTEM_NAMES[rouge["baseline"]],
         confidence=round(rouge["confidence"] * 100), bootstrap_samples=rouge["bootstrap_samples"], gain=gain,
-        seed_note=seed_note, train_rows=data["train"]["kept"], train_tokens=f"{data['train']['tokens']:,}",
+        seed_note=seed_text, scored_file="data/predictions/finetuned.jsonl", refs=refs, install=install,
+        base_note=("" if not merged or ref["base_model"] != EMBEDDED_HUB_ID else
+                   f" The adapter alone (`adapter_model.safetensors`) was trained on {ref['statement']}, not on "
+                   f"the original {EMBEDDED_HUB_ID} weights of the hub: load it onto those and its summaries "
+                   "differ; use `merged/`."),
+        train_rows=data["train"]["kept"], train_tokens=f"{data['train']['tokens']:,}",
         eval_rows=train["eval_rows"], max_length=data["max_length"],
         dropped=data["train"]["dropped_over_length"] + data["validation"]["dropped_over_length"],
         quant=quant, lora_r=lp.r, lora_alpha=lp.alpha, lora_dropout=lp.dropout,
@@ -266,15 +348,17 @@ def model_card(rouge: dict, train: dict, data: dict, params, ref: dict, load: di
         eval_loss=train["eval_loss"], loss_on=("the prompt and the reply" if params.tokenize.train_on_prompt else
                                                "the assistant's reply and its end of turn only" if template.chat else
                                                "the summary, its end marker and EOS only"),
-        prompt_format=prompt_format, snippet=load_snippet(ref, load, template, params.generate.batch_size),
+        prompt_format=prompt_format, snippet=load_snippet(ref, load, template, params.generate.batch_size, merged),
         weights=weights,
         max_new_tokens=params.generate.max_new_tokens, stops=stops, license=params.release.license))
 
 
 def write_release(out_dir: Path, base_dir: Path, adapter_dir: Path, metrics_dir: Path, params,
-                  dequantize_to: str | None) -> dict:
-    """Write ``out_dir`` whole from the adapter, the base's tokenizer and info, and the metrics; return release.json."""
-    from sumlora.modeling import load_tokenizer, read_base_info
+                  dequantize_to: str | None, lock: Path, seeds: Path) -> dict:
+    """Write ``out_dir`` whole from the adapter, the base's tokenizer and info, the metrics, the tested versions
+    (``lock``) and the sweep's seed groups (``seeds``); with ``release.merged_model`` also the merged model, in the
+    dtype generation computes with; return release.json."""
+    from sumlora.modeling import load_model_and_tokenizer, load_tokenizer, read_base_info
 
     info = read_base_info(base_dir)
     ref = base_reference(info)
@@ -286,7 +370,15 @@ def write_release(out_dir: Path, base_dir: Path, adapter_dir: Path, metrics_dir:
     config.update(base_model_name_or_path=ref["base_model"], revision=ref["revision"])
     release = {"base": {**ref, "base_info": info}, "loading": load,
                "adapter_info": json.loads((adapter_dir / "adapter_info.json").read_text())}
-    card = model_card(rouge, train, data, params, ref, load, template, config)
+    merged = params.release.merged_model
+    install = pinned(lock, MERGED_PACKAGES if merged else CARD_PACKAGES)
+    seed_text = seed_note(json.loads(seeds.read_text()), params, str(seeds))
+    card = model_card(rouge, train, data, params, ref, load, template, config, install, seed_text, merged)
+    if merged:  # the weights the generate stage computes with: de-quantized once, adapter merged in
+        model, _ = load_model_and_tokenizer(base_dir, params.model, adapter_dir,
+                                            dequantize_to or load["compute_dtype"])
+        model.config.use_cache = True
+        release["merged"] = {"dir": MERGED_DIR, "dtype": dequantize_to or load["compute_dtype"]}
     with atomic.output_dir(out_dir) as tmp:
         for name in ADAPTER_FILES:
             shutil.copy2(adapter_dir / name, tmp / name)
@@ -294,5 +386,9 @@ def write_release(out_dir: Path, base_dir: Path, adapter_dir: Path, metrics_dir:
         tok.save_pretrained(tmp)
         generation_config(base_dir, tok, template, params.generate.max_new_tokens).save_pretrained(tmp)
         atomic.write_text(tmp / "README.md", card)
+        if merged:
+            model.save_pretrained(tmp / MERGED_DIR, safe_serialization=True)
+            tok.save_pretrained(tmp / MERGED_DIR)
+            generation_config(base_dir, tok, template, params.generate.max_new_tokens).save_pretrained(tmp / MERGED_DIR)
         atomic.write_json(tmp / RELEASE_INFO, release)
     return release

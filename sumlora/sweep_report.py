@@ -9,7 +9,10 @@ kept, named by their branch or short hash), ranked by the fine-tuned model's ROU
 those whose values differ between the rows. Each row shows the gain over the stronger baseline with
 its paired bootstrap interval (``metrics/rouge.json``'s ``improvement``), the interval DVC's own
 tables cannot show. Rows scored on different splits are not comparable: the split is a column, and
-the ranking is per split (validation first). Writes ``OUT/sweep.md`` and ``OUT/sweep.png``.
+the ranking is per split (validation first). Writes ``OUT/sweep.md``, ``OUT/sweep.png``,
+``OUT/exp_show.json`` (the `dvc exp show --json` it read: the raw record) and ``OUT/seeds.json``: every
+group of two or more rows whose params differ only in ``seed``, with each seed's score (the seed spread
+the release stage's model card reports for the params it was trained with).
 """
 
 from __future__ import annotations
@@ -21,11 +24,46 @@ from pathlib import Path
 
 from sumlora.core import atomic, cli
 from sumlora.core.errors import SumloraError
+from sumlora.core.params import flatten
 from sumlora.figures import pyplot, save_png
-from sumlora.params import flatten
+from sumlora.release import config_key
 
 ROUGE = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 SCORINGS = ("all_refs", "first_ref", "all_refs_tags_normalised")
+
+
+DETAIL = ("metrics/rouge.json", "metrics/train.json")  # git-tracked outputs, not DVC metrics: read from each rev
+
+
+def with_detail(exp_show: list, show=None) -> list:
+    """``exp_show`` with each row's rouge.json and train.json put beside its metrics, read from the row's git commit
+    (an experiment is one) by ``show(rev, path)`` (default: ``git show REV:PATH``; None when the file is not there).
+    The saved document then holds everything the report needs."""
+    def git_show(rev: str, path: str):
+        proc = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True)
+        return json.loads(proc.stdout) if proc.returncode == 0 else None
+
+    show = show or git_show
+
+    def fill(entry: dict) -> None:
+        data = entry.get("data") or {}
+        if not data.get("rev") or data["rev"] == "workspace":
+            return
+        if data.get("metrics") is None:
+            data["metrics"] = {}
+        metrics = data["metrics"]
+        for path in DETAIL:
+            if path not in metrics:
+                found = show(data["rev"], path)
+                if found is not None:
+                    metrics[path] = {"data": found}
+
+    for commit in exp_show:
+        fill(commit)
+        for exp in commit.get("experiments") or []:
+            for rev in exp.get("revs") or []:
+                fill(rev)
+    return exp_show
 
 
 def runs(exp_show: list) -> list[dict]:
@@ -56,6 +94,25 @@ def swept(rows: list[dict]) -> list[str]:
     keys = sorted({k for r in rows for k in r["params"]})
     return [k for k in keys if k != "generate.split"
             and len({json.dumps(r["params"].get(k), sort_keys=True) for r in rows}) > 1]
+
+
+def seed_groups(rows: list[dict], scoring: str, metric: str) -> list[dict]:
+    """Groups of rows with the same configuration and two or more seeds: the params, the split, and each
+    seed's fine-tuned score, its spread (max - min) and the experiments."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(config_key(r["params"]), []).append(r)
+    out = []
+    for key, mine in groups.items():
+        seeds = {r["params"].get("seed") for r in mine}
+        if len(seeds) < 2 or len(seeds) < len(mine):  # one row per seed, two seeds at least
+            continue
+        scores = {str(r["params"]["seed"]): round(r["rouge"]["finetuned"][scoring][metric], 2) for r in mine}
+        out.append({"params": json.loads(key), "split": mine[0]["rouge"].get("split", "test"),
+                    "num_dialogues": mine[0]["rouge"].get("num_dialogues"), "scoring": scoring, "metric": metric,
+                    "scores": scores, "spread": round(max(scores.values()) - min(scores.values()), 2),
+                    "experiments": [r["name"] for r in mine]})
+    return out
 
 
 def ranked(rows: list[dict], scoring: str, metric: str) -> list[dict]:
@@ -126,7 +183,8 @@ def parser():
     ap.add_argument("--metric", choices=ROUGE, default="rougeL")
     ap.add_argument("--scoring", choices=SCORINGS, default="all_refs")
     cli.input(ap, "--exp-show", help="a saved `dvc exp show --json` (default: run it here)")
-    cli.output(ap, "--out", kind="dir", default=Path("sweep"), help="directory for sweep.md and sweep.png")
+    cli.output(ap, "--out", kind="dir", default=Path("sweep"), tracked_ok=("sweep",),
+               help="directory for sweep.md, sweep.png, exp_show.json and seeds.json (the committed sweep: sweep/)")
     return ap
 
 
@@ -138,7 +196,7 @@ def main(argv: list[str]) -> None:
         proc = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], capture_output=True, text=True)
         if proc.returncode:
             raise SumloraError(f"dvc exp show --json failed here: {proc.stderr.strip()[-500:]}")
-        text = proc.stdout
+        text = json.dumps(with_detail(json.loads(proc.stdout)), indent=1)
     rows = runs(json.loads(text))
     if not rows:
         raise SumloraError("no experiment or commit with metrics/rouge.json in `dvc exp show` (run some first)")
@@ -146,7 +204,9 @@ def main(argv: list[str]) -> None:
     with atomic.output_dir(args.out) as tmp:
         atomic.write_text(tmp / "sweep.md", report)
         figure(rows, args.scoring, args.metric, tmp / "sweep.png")
-    print(report + f"\nwritten: {args.out / 'sweep.md'}, {args.out / 'sweep.png'}")
+        atomic.write_text(tmp / "exp_show.json", text)
+        atomic.write_json(tmp / "seeds.json", seed_groups(rows, args.scoring, args.metric))
+    print(report + f"\nwritten: {args.out}/ (sweep.md, sweep.png, exp_show.json, seeds.json)")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -12,8 +11,9 @@ from pathlib import Path
 
 import yaml
 
+from sumlora.testing import copy_project
+
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ["dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", "stages", "sumlora", "scripts", "configs"]
 
 
 NONET = Path(__file__).resolve().parent / "nonet"
@@ -66,6 +66,9 @@ def tiny_params(model_dir: Path) -> dict:
     p["train"].update(max_steps=2, learning_rate=5.0e-2, eval_steps=1, save_steps=1, warmup_steps=0, logging_steps=1,
                       batch_size=2, gradient_accumulation_steps=1, max_eval_samples=2)
     p["generate"].update(num_dialogues=3, max_new_tokens=8, batch_size=2)
+    # float32 everywhere: summaries that do not depend on the machine's bf16 or on how a batch was composed
+    p["model"]["compute_dtype"] = "float32"
+    p["generate"]["dequantize"] = "float32"
     return p
 
 
@@ -82,24 +85,9 @@ def set_params(project: Path, changes: dict) -> None:
 
 
 def make_project(dest: Path, dialogsum_dir: Path, model_dir: Path, counts=None) -> Path:
-    """Copy the project into ``dest``, git + dvc init, add a few rows of data, commit."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in PROJECT_FILES:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-        elif src.exists():
-            shutil.copy2(src, dest / name)
-    (dest / "params.yaml").write_text(yaml.safe_dump(tiny_params(model_dir), sort_keys=False))
-    sh(dest, "git", "init", "-q", "-b", "main")
-    dvc(dest, "init", "-q")
-    dvc(dest, "config", "core.analytics", "false")
+    """Copy the project into ``dest`` with the tiny params and a few rows of data (in ``dest/source``), committed."""
     write_rows(dialogsum_dir, dest / "source", counts or {"train": 12, "validation": 6, "test": 4})
-    sh(dest, sys.executable, "-m", "sumlora.get_data", "--source", "source")
-    dvc(dest, "add", "-q", "data/raw/dialogsum")
-    sh(dest, "git", "add", "-A")
-    sh(dest, "git", "commit", "-qm", "project")
-    return dest
+    return copy_project(dest, tiny_params(model_dir), "source", env())
 
 
 ALWAYS_RUNS = {"model_source"}  # always_changed in dvc.yaml: re-hashes the model source at every repro

@@ -9,8 +9,7 @@ import yaml
 from conftest import ROOT
 
 from sumlora.core.errors import ParamsError
-from sumlora.core.params import load_params, parse_params
-from sumlora.params import flatten
+from sumlora.core.params import flatten, load_params, parse_params
 from sumlora.prompt import check_template_fits
 
 CONFIGS = [ROOT / "params.yaml", *sorted((ROOT / "configs").glob("*.yaml"))]

@@ -2,8 +2,10 @@
 model pinned to a commit, the embedded GGUF base), and for the chat prompt style. The release of a real
 pipeline run is tested in tests/test_pipeline.py (its loading code run against the pipeline's summaries)."""
 
+import pytest
+
 from sumlora.prompt import PromptTemplate
-from sumlora.release import base_reference, load_snippet
+from sumlora.release import base_reference, load_snippet, pinned
 
 PHI2 = {"source": "microsoft/phi-2", "revision": "810d367871c1d460086d9f82db8696f2e0a0fcd0", "dtype": "float32"}
 GPU_LOAD = {"load_in_4bit": True, "quant_type": "nf4", "double_quant": True, "compute_dtype": "bfloat16",
@@ -41,3 +43,19 @@ def test_loading_code_for_the_chat_style_uses_the_chat_template_and_no_end_marke
     code = load_snippet(base_reference(PHI2), GPU_LOAD, PromptTemplate(style="chat"), 8)
     compile(code, "card", "exec")
     assert "apply_chat_template" in code and "add_special_tokens=False" in code and "### End" not in code
+
+
+def test_loading_code_with_a_merged_model_needs_plain_transformers_only():
+    code = load_snippet(base_reference({"source": "embedded"}), {**GPU_LOAD, "dequantize_to": "bfloat16"},
+                        PromptTemplate(), 8, merged=True)
+    compile(code, "card", "exec")
+    assert 'AutoModelForCausalLM.from_pretrained(release + "/merged")' in code
+    assert "peft" not in code and "BitsAndBytes" not in code and "models/base" not in code
+
+
+def test_the_install_line_pins_the_lock_files_versions(tmp_path):
+    lock = tmp_path / "requirements.lock"
+    lock.write_text("accelerate==1.0\nPEFT==0.1\ntorch==2.13.0\ntransformers==5.24.0\n")
+    assert pinned(lock, ("torch", "transformers")) == "torch==2.13.0 transformers==5.24.0"
+    with pytest.raises(ValueError, match="no pinned version of bitsandbytes"):
+        pinned(lock, ("torch", "bitsandbytes"))

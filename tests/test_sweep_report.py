@@ -57,3 +57,31 @@ def test_no_rouge_metrics_is_one_clear_error(tmp_path):
     assert proc.returncode == 1
     assert "error: no experiment or commit with metrics/rouge.json in `dvc exp show`" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_seed_groups_are_rows_that_differ_only_in_the_seed_and_the_card_reads_the_matching_one(tmp_path):
+    seeded = [{**rev(c * 40, f"s{seed}", 16, 3e-4, "validation", score, 1.0)} for c, seed, score in
+              (("e", 42, 31.79), ("f", 7, 30.46))]
+    for r, seed in zip(seeded, (42, 7)):
+        r["data"]["params"]["params.yaml"]["data"]["seed"] = seed
+    doc = [{**rev("a" * 40, "main", 16, 3e-4, "test", 35.94, 18.18),
+            "experiments": [{"revs": [r]} for r in seeded] + EXP_SHOW[1]["experiments"]}]
+    (tmp_path / "exp.json").write_text(json.dumps(doc))
+    subprocess.run([sys.executable, "-m", "sumlora.sweep_report", "--exp-show", str(tmp_path / "exp.json"),
+                    "--out", str(tmp_path / "out")], cwd=ROOT, check=True, capture_output=True)
+    groups = json.loads((tmp_path / "out/seeds.json").read_text())
+    # r=16, lr 3e-4 on validation: two seeds (the test-split "main" row has seed 42 too, but another split)
+    [group] = [g for g in groups if g["split"] == "validation"]
+    assert group["scores"] == {"42": 31.79, "7": 30.46} and group["spread"] == 1.33
+    assert group["experiments"] == ["s42", "s7"]
+    assert json.loads((tmp_path / "out/exp_show.json").read_text()) == doc  # the raw record, kept
+
+    from sumlora.release import seed_note
+
+    # a run's params: the same configuration, another seed and split
+    mine = {"seed": 1, "lora": {"r": 16}, "train": {"learning_rate": 3e-4}, "generate": {"split": "test"}}
+    note = seed_note(groups, mine, "sweep/seeds.json")
+    assert "ROUGE-L 30.46 (seed 7), 31.79 (seed 42) on the first 100 validation dialogues" in note
+    assert "a spread of 1.33" in note
+    other = {**mine, "lora": {"r": 32}}
+    assert "not measured for these params" in seed_note(groups, other, "sweep/seeds.json")

@@ -14,6 +14,7 @@ whole schema reads top to bottom in the order of the file it validates.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,14 +211,12 @@ class EvaluateParams:
 @dataclass
 class ReleaseParams:
     license: str = "cc-by-nc-sa-4.0"
-    seed_spread: list[float] | None = field(default_factory=lambda: [31.79, 30.46])
+    merged_model: bool = True
 
     def check(self):
         errs = []
         if not self.license.strip():
             errs.append(("license", "must be a license id of the Hugging Face hub (e.g. cc-by-nc-sa-4.0)"))
-        if self.seed_spread is not None and len(self.seed_spread) < 2:
-            errs.append(("seed_spread", f"must list the scores of two or more seeds, or null, got {self.seed_spread}"))
         return errs
 
 
@@ -274,6 +273,17 @@ def parse_params(data, source: str = "params.yaml", extra_checks: Iterable[Check
     if errors:
         raise ParamsError(f"{source}: {len(errors)} problem(s):\n" + "\n".join(f"  - {e}" for e in errors))
     return params
+
+
+def flatten(obj, prefix: str = "") -> dict:
+    """``{"lora.r": 16, ...}`` from a params object or nested mapping."""
+    out = {}
+    for k, v in (obj.items() if isinstance(obj, dict) else dataclasses.asdict(obj).items()):
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def load_params(path: str | Path = "params.yaml", extra_checks: Iterable[Check] = ()) -> Params:

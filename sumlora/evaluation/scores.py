@@ -84,3 +84,16 @@ def evaluate(ids: list[str], references: list[list[str]], systems: dict[str, lis
         rows.append(row)
     rows.sort(key=lambda r: (-r["rougeL_gain"], r["id"]))  # biggest wins first, biggest losses last
     return metrics, rows
+
+
+def headline(metrics: dict, train: dict) -> dict:
+    """The numbers a team diffs across runs (``metrics/headline.json``, the one DVC metrics file): the fine-tuned
+    model's ROUGE-1/L against all references and the first, the stronger baseline's ROUGE-L, the gain over it
+    with its interval (all references), and the validation loss. Short flat keys, so that `dvc metrics show`,
+    `dvc metrics diff` and `dvc exp show` stay narrow; the detail stays in rouge.json and train.json."""
+    ft, imp = metrics["finetuned"], metrics["improvement"]["all_refs"]["rougeL"]
+    return {"rouge1": ft["all_refs"]["rouge1"], "rougeL": ft["all_refs"]["rougeL"],
+            "rouge1_1st": ft["first_ref"]["rouge1"], "rougeL_1st": ft["first_ref"]["rougeL"],
+            "base_rougeL": metrics[metrics["baseline"]]["all_refs"]["rougeL"],
+            "gain": imp["diff"], "gain_lo": imp["ci_low"], "gain_hi": imp["ci_high"],
+            "val_loss": train["eval_loss"]}
