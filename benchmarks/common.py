@@ -52,9 +52,7 @@ def matmul_peak_gflops(n: int = 2048, seconds: float = 3.0, dtype=None) -> float
 
 def peak_memory_mb() -> dict:
     """Peak resident memory of this process (and peak GPU memory allocated), in MiB."""
-    import resource
-
-    out = {"peak_rss_mb": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    out = {"peak_rss_mb": cli.peak_rss_mb()}
     if torch.cuda.is_available():
         out["peak_gpu_mb"] = int(torch.cuda.max_memory_allocated() / 2**20)
     return out

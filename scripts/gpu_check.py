@@ -30,7 +30,6 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ["dvc.yaml", ".gitignore", ".dvcignore", "stages", "sumlora", "configs"]
 
 
 def sh(cwd: Path, *cmd: str, **kw) -> subprocess.CompletedProcess:
@@ -50,39 +49,12 @@ def gpu_params(model_dir: Path, steps: int, dialogues: int, new_tokens: int) -> 
     return p
 
 
-def make_project(dest: Path, data: Path, params: dict) -> Path:
-    """A git + DVC copy of this project (its working tree) with ``params`` and the DialogSum rows in ``data``."""
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True)
-    for name in PROJECT_FILES:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dest / name)
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "GIT_AUTHOR_NAME": "gpu-check", "GIT_AUTHOR_EMAIL": "gpu-check@localhost",
-           "GIT_COMMITTER_NAME": "gpu-check", "GIT_COMMITTER_EMAIL": "gpu-check@localhost"}
-    for cmd in (["git", "init", "-q", "-b", "main"], [sys.executable, "-m", "dvc", "init", "-q"],
-                [sys.executable, "-m", "dvc", "config", "core.analytics", "false"],
-                [sys.executable, "-m", "sumlora.get_data", "--source", str(data)],
-                [sys.executable, "-m", "dvc", "add", "-q", "data/raw/dialogsum"],
-                ["git", "add", "-A"], ["git", "commit", "-qm", "gpu check"]):
-        sh(dest, *cmd, env=env, check=True)
-    return dest
-
-
-def complete_checkpoints(proj: Path) -> list[int]:
-    d = proj / "models/checkpoints"
-    return sorted(int(c.name.split("-")[1]) for c in d.glob("checkpoint-*") if (c / ".complete").is_file()) \
-        if d.is_dir() else []
-
-
 def repro_killed_after_first_checkpoint(proj: Path, log: Path) -> int:
     """Run `dvc repro`; SIGKILL its training process as soon as a checkpoint is complete; return the step of the
     last complete checkpoint after the kill (a later one may have completed before the signal landed)."""
     import psutil
+
+    from sumlora.testing import complete_checkpoints  # shared with the tests
 
     with log.open("w") as out:
         dvc = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=proj, stdout=out, stderr=subprocess.STDOUT)
@@ -95,7 +67,7 @@ def repro_killed_after_first_checkpoint(proj: Path, log: Path) -> int:
                 dvc.wait()
                 if not trainers:
                     raise RuntimeError("a checkpoint was complete but no training process was found to kill")
-                return complete_checkpoints(proj)[-1]
+                return max(complete_checkpoints(proj))
             time.sleep(0.05)
     raise RuntimeError(f"dvc repro ended (exit {dvc.returncode}) before a checkpoint was complete; see {log}")
 
@@ -151,7 +123,11 @@ def main(argv: list[str]) -> int:
     state: dict = {}
 
     def pipeline():
-        make_project(proj, data, gpu_params(model_dir, steps, dialogues, new_tokens))
+        from sumlora.testing import copy_project
+
+        if proj.exists():
+            shutil.rmtree(proj)
+        copy_project(proj, gpu_params(model_dir, steps, dialogues, new_tokens), data)
         state["killed_at"] = repro_killed_after_first_checkpoint(proj, out / "repro-killed.log")
         second = sh(proj, sys.executable, "-m", "dvc", "repro")
         atomic.write_text(out / "repro-resumed.log", second.stdout + second.stderr)

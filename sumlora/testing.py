@@ -33,3 +33,52 @@ def wait_until_serving(url: str, proc, timeout: float = 120) -> None:
             time.sleep(0.2)
     proc.kill()
     raise RuntimeError(f"the server did not answer {url}/health within {timeout:.0f} s")
+
+
+# What a temporary copy of the project holds (tests/project.py, scripts/gpu_check.py): the pipeline and its code.
+PROJECT_FILES = ["dvc.yaml", ".gitignore", ".dvcignore", "stages", "sumlora", "scripts", "configs", "requirements.lock",
+                 "sweep"]
+
+
+def copy_project(dest, params: dict, source, env: dict | None = None):
+    """A git + DVC copy of this project in ``dest`` (new): its pipeline and code, ``params`` as params.yaml, the
+    DialogSum JSONL files of ``source`` as data/raw/dialogsum (through get_data, tracked with `dvc add`), committed.
+    ``env``: the environment of the commands it runs (a git identity is added)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    root, dest = Path(__file__).resolve().parents[1], Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        src = root / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.exists():
+            shutil.copy2(src, dest / name)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "test",
+           "GIT_COMMITTER_EMAIL": "t@example.com", **(env if env is not None else os.environ)}
+    dvc = [sys.executable, "-m", "dvc"]
+    for cmd in (["git", "init", "-q", "-b", "main"], [*dvc, "init", "-q"], [*dvc, "config", "core.analytics", "false"],
+                [sys.executable, "-m", "sumlora.get_data", "--source", str(source)],
+                [*dvc, "add", "-q", "data/raw/dialogsum"], ["git", "add", "-A"], ["git", "commit", "-qm", "project"]):
+        proc = subprocess.run(cmd, cwd=dest, env=env, capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n"
+                               f"{proc.stderr[-3000:]}")
+    return dest
+
+
+def complete_checkpoints(project) -> dict[int, int]:
+    """{step: mtime of its completion marker} of the complete checkpoints in ``project``/models/checkpoints."""
+    from pathlib import Path
+
+    from sumlora.training.checkpoints import COMPLETE
+
+    return {int(p.parent.name.split("-")[1]): p.stat().st_mtime_ns
+            for p in (Path(project) / "models/checkpoints").glob(f"checkpoint-*/{COMPLETE}")}

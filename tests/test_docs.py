@@ -68,7 +68,7 @@ def test_the_quick_start_has_two_commands_and_ci_runs_the_second():
 
 
 NARRATIVE = [r"\bthis round\b", r"\bround \d", r"\bearlier round", r"\bsession\b", r"\bCI (?:passed|took|time)",
-             r"\b\d+ (?:tests|passed)\b", r"/work/", r"/home/\w", r"127\.0\.0\.1:\d{4,}", r"\bissue \d+"]
+             r"\b\d+ (?:tests|passed)\b", r"/work/", r"/home/\w", r"127\.0\.0\.1:(?!8000\b)\d{4,}", r"\bissue \d+"]
 
 
 @pytest.mark.parametrize("doc", [d for d in DOCS if d.name != "BENCHMARKS.md"],
@@ -77,3 +77,15 @@ def test_docs_describe_the_project_not_its_history(doc):
     text = doc.read_text()
     for pattern in NARRATIVE:
         assert not re.search(pattern, text, re.I), f"{doc.name}: {re.search(pattern, text, re.I).group(0)!r}"
+
+
+def test_nothing_outside_tests_imports_from_tests():
+    """Tests, benchmarks and scripts share support code through sumlora/testing.py, never through tests/."""
+    offenders = []
+    for pkg in ("sumlora", "stages", "benchmarks", "scripts"):
+        for f in sorted((ROOT / pkg).rglob("*.py")):
+            text = f.read_text()
+            if re.search(r"^\s*(from|import) (tests|conftest|project|servers)(\.\w+)*( import |\s*$)|"
+                         r"sys\.path\.\w+\([^)]*tests", text, re.M):
+                offenders.append(f.relative_to(ROOT).as_posix())
+    assert offenders == []

@@ -15,6 +15,7 @@ import torch
 from project import NONET, dvc, env, make_project, read_json, set_params
 
 from sumlora.core import atomic
+from sumlora.testing import complete_checkpoints
 
 pytestmark = pytest.mark.slow
 
@@ -30,12 +31,6 @@ def project(tmp_path_factory, dialogsum_dir, tiny_llama_dir):
                       "train.batch_size": 1, "train.learning_rate": 1.0e-3})
     dvc(proj, "repro", "tokenize")
     return proj
-
-
-def complete_checkpoints(proj: Path) -> dict[int, int]:
-    """{step: mtime of its completion marker} of the complete checkpoints on disk."""
-    return {int(p.parent.name.split("-")[1]): p.stat().st_mtime_ns
-            for p in (proj / "models/checkpoints").glob("checkpoint-*/.complete")}
 
 
 def start_training(proj: Path) -> subprocess.Popen:
