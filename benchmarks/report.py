@@ -48,6 +48,10 @@ def generate_table(result: dict) -> str:
                      f"| {max(r[mem] for r in runs)} "
                      f"| {'/'.join(str(s) for s in sorted(same))} of {runs[0]['dialogues']} "
                      f"| {runs[0]['rouge1']:.2f} / {runs[0]['rougeL']:.2f} |")
+    if "stage" in arms:
+        stage = statistics.median(r["dialogues"] / r["seconds"] / base[r["repeat"]] for r in arms["stage"])
+        lines += ["", f"The generate stage as configured: **{stage:.2f}x** the tutorial's call in summaries/s "
+                  f"(goal >= 3x: {'met' if stage >= 3 else 'not met'})."]
     peaks = [r["matmul_gflops"] for r in result["runs"]]
     lines += ["", f"{result['machine']}; {result['dialogues']} test dialogues, greedy, at most "
               f"{result['max_new_tokens']} new tokens, {result['repeats']} interleaved repeats, {result['date']}; "
@@ -77,6 +81,14 @@ def train_table(result: dict) -> str:
                                for v in ratio.values())
                      + f"| {fp32:.0%} | {bf16:.0%} | {max(r[mem] for r in runs)} "
                      f"| {statistics.median(r['eval_loss'] for r in runs):.4f} |")
+    loss = {a: statistics.median(r["eval_loss"] for r in runs) for a, runs in arms.items()}
+    fair = [a for a in arms if a not in ("tutorial", "default") and abs(loss[a] - loss["default"]) <= 0.01]
+    if fair:
+        speed = {a: statistics.median(rate[a][k] / rate["default"][k] for k in rate[a]) for a in fair}
+        best = max(fair, key=speed.get)
+        lines += ["", f"Fastest arm whose validation loss is within 0.01 of the default's: `{best}`, "
+                  f"**{speed[best]:.2f}x** the default's real tokens/s (goal >= 2x: "
+                  f"{'met' if speed[best] >= 2 else 'not met'})."]
     peaks = [r["matmul_gflops"] for r in result["runs"]]
     bpeaks = [r["bf16_matmul_gflops"] for r in result["runs"]]
     lines += ["", f"{result['machine']}; {result['steps']} optimizer steps of 4 rows per run, {result['repeats']} "

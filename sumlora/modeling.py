@@ -183,9 +183,9 @@ def dequantized(model, dtype: torch.dtype):
 def resolve_dequantize(dequantize: str, params: ModelParams) -> str | None:
     """The dtype generation de-quantizes the 4-bit base to (``generate.dequantize``), or None to keep the 4-bit
     weights. ``auto``: bfloat16 on a CPU with native bfloat16 matmuls (oneDNN; e.g. AVX512-BF16 or AMX), where
-    it was measured faster than 4 bit (BENCHMARKS.md); 4 bit otherwise: on a GPU (the memory 4 bit saves is the
-    point there) and on other CPUs (float32 weights were measured slower than 4 bit). Nothing to de-quantize
-    for a model not loaded in 4 bit."""
+    the generate stage runs on it (BENCHMARKS.md, generation); 4 bit otherwise: on a GPU (the memory 4 bit saves
+    is the point there) and on other CPUs (float32 weights are 8 times the bytes a decoded token reads through
+    bitsandbytes' 4-bit kernel). Nothing to de-quantize for a model not loaded in 4 bit."""
     if not params.load_in_4bit or dequantize == "none":
         return None
     if dequantize != "auto":

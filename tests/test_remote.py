@@ -319,7 +319,8 @@ def test_experiment_pushed_from_one_clone_is_pulled_shown_and_applied_in_another
     dvc(b, "exp", "pull", "origin", "rank-2")
     [shown] = named_nodes(json.loads(dvc(b, "exp", "show", "--json").stdout), "rank-2")
     assert shown["params"]["params.yaml"]["data"]["lora"]["r"] == 2
-    assert shown["metrics"]["metrics/headline.json"]["data"]["rougeL"] == rouge["finetuned"]["all_refs"]["rougeL"]
+    shown_rouge_l = shown["metrics"]["metrics/headline.json"]["data"]["rougeL"]
+    assert shown_rouge_l == round(rouge["finetuned"]["all_refs"]["rougeL"], 2)
     dvc(b, "exp", "apply", "rank-2")
     dvc(b, "checkout")
     assert files(b / "models/adapter") == adapter

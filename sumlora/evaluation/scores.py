@@ -88,12 +88,13 @@ def evaluate(ids: list[str], references: list[list[str]], systems: dict[str, lis
 
 def headline(metrics: dict, train: dict) -> dict:
     """The numbers a team diffs across runs (``metrics/headline.json``, the one DVC metrics file): the fine-tuned
-    model's ROUGE-1/L against all references and the first, the stronger baseline's ROUGE-L, the gain over it
-    with its interval (all references), and the validation loss. Short flat keys, so that `dvc metrics show`,
-    `dvc metrics diff` and `dvc exp show` stay narrow; the detail stays in rouge.json and train.json."""
+    model's ROUGE-1/L against all references and the first, the stronger baseline's ROUGE-L (``baseline``), the
+    fine-tuned model's ROUGE-L gain over it with its interval (all references), and the validation loss. Short
+    flat keys and ROUGE rounded to 2 decimals, so that `dvc metrics show`, `dvc metrics diff` and `dvc exp show`
+    stay narrow; the detail stays in rouge.json and train.json."""
     ft, imp = metrics["finetuned"], metrics["improvement"]["all_refs"]["rougeL"]
-    return {"rouge1": ft["all_refs"]["rouge1"], "rougeL": ft["all_refs"]["rougeL"],
-            "rouge1_1st": ft["first_ref"]["rouge1"], "rougeL_1st": ft["first_ref"]["rougeL"],
-            "base_rougeL": metrics[metrics["baseline"]]["all_refs"]["rougeL"],
-            "gain": imp["diff"], "gain_lo": imp["ci_low"], "gain_hi": imp["ci_high"],
-            "val_loss": train["eval_loss"]}
+    values = {"rouge1": ft["all_refs"]["rouge1"], "rougeL": ft["all_refs"]["rougeL"],
+              "rouge1_1st": ft["first_ref"]["rouge1"], "rougeL_1st": ft["first_ref"]["rougeL"],
+              "baseline": metrics[metrics["baseline"]]["all_refs"]["rougeL"],
+              "gain": imp["diff"], "ci_lo": imp["ci_low"], "ci_hi": imp["ci_high"]}
+    return {**{k: round(v, 2) for k, v in values.items()}, "val_loss": round(train["eval_loss"], 4)}

@@ -131,8 +131,8 @@ def train(params: Params, tokenized_dir, base_dir, checkpoints_dir, live_dir) ->
 
 def shortest_first(eval_ds):
     """The validation rows ordered by length (stable): forward-only batches of similar length, so almost no
-    padding. The rows and the loss, a mean over rows, stay the same (BENCHMARKS.md, validation loss: at batch
-    2 a pass ran 1.23x faster on 2 CPU cores)."""
+    padding. The rows and the loss, a mean over rows, stay the same (what it saves: BENCHMARKS.md, validation
+    loss, from benchmarks/results/eval-cpu.json)."""
     lengths = [len(x) for x in eval_ds["input_ids"]]
     return eval_ds.select(sorted(range(len(lengths)), key=lambda i: lengths[i]))
 
