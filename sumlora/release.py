@@ -69,9 +69,14 @@ NOT_CONFIG = ("release.",)  # params that change no score
 
 
 def config_key(params: dict) -> str:
-    """The configuration a row ran: its params but the seed and those that change no score, as canonical JSON."""
-    return json.dumps({k: v for k, v in params.items() if k not in IGNORED_FOR_SEEDS and not k.startswith(NOT_CONFIG)},
-                      sort_keys=True)
+    """The configuration a row ran: its params but the seed and those that change no score, as canonical JSON
+    (a whole-number float written as the int it equals: YAML's ``32`` and the schema's ``32.0`` are one value)."""
+    def canonical(v):
+        return int(v) if isinstance(v, float) and v.is_integer() else [canonical(x) for x in v] if isinstance(
+            v, list) else v
+
+    return json.dumps({k: canonical(v) for k, v in params.items()
+                       if k not in IGNORED_FOR_SEEDS and not k.startswith(NOT_CONFIG)}, sort_keys=True)
 
 
 MERGED_DIR = "merged"

@@ -183,6 +183,9 @@ def parser():
     ap.add_argument("--metric", choices=ROUGE, default="rougeL")
     ap.add_argument("--scoring", choices=SCORINGS, default="all_refs")
     cli.input(ap, "--exp-show", help="a saved `dvc exp show --json` (default: run it here)")
+    ap.add_argument("--rev", action="append", default=[], metavar="COMMIT",
+                    help="show the experiments based on this commit too (dvc exp show --rev; repeatable), e.g. a "
+                         "sweep queued before the last commits")
     cli.output(ap, "--out", kind="dir", default=Path("sweep"), tracked_ok=("sweep",),
                help="directory for sweep.md, sweep.png, exp_show.json and seeds.json (the committed sweep: sweep/)")
     return ap
@@ -193,7 +196,9 @@ def main(argv: list[str]) -> None:
     if args.exp_show:
         text = args.exp_show.read_text()
     else:
-        proc = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], capture_output=True, text=True)
+        revs = [x for r in args.rev for x in ("--rev", r)]
+        proc = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json", *revs], capture_output=True,
+                              text=True)
         if proc.returncode:
             raise SumloraError(f"dvc exp show --json failed here: {proc.stderr.strip()[-500:]}")
         text = json.dumps(with_detail(json.loads(proc.stdout)), indent=1)

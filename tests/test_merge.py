@@ -28,6 +28,7 @@ def adapter(request, tmp_path_factory, tiny_llama_dir, tiny_phi_dir):
 
     data = yaml.safe_load((ROOT / "params.yaml").read_text())
     data["model"]["compute_dtype"] = "float32"  # exact arithmetic: the equality checks below need it
+    data["lora"]["target_modules"] = None  # each architecture's own default (params.yaml names Llama's layers)
     (root / "params.yaml").write_text(yaml.safe_dump(data))
     params = load_params(root / "params.yaml")
     save_nonzero_adapter(root / "base", root / "adapter", params, DEFAULT)

@@ -18,6 +18,7 @@ def four_bit_fp32(params):
     """params.yaml's values on the QLoRA path itself: the 4-bit layers (not de-quantized once), float32 compute (the
     exact arithmetic the equality checks below need; the machine's auto choice may be bfloat16)."""
     params.model.compute_dtype, params.train.dequantize_base = "float32", False
+    params.lora.target_modules = None  # each architecture's own default (params.yaml names Llama's linear layers)
     return params
 
 
@@ -86,6 +87,7 @@ def test_bnb_and_lora_configs_follow_params(params):
 
 def test_unknown_architecture_adapts_all_linear_layers(params, tiny_llama_dir, monkeypatch, capsys):
     monkeypatch.delitem(DEFAULT_TARGET_MODULES, "llama")  # llama as an architecture with no default
+    params.lora.target_modules = None  # the architecture's default, which llama has none of now
     model, _ = prepare_qlora_model(tiny_llama_dir, params)
     assert "no default for architecture 'llama': using 'all-linear'" in capsys.readouterr().out
     adapted = {n.split(".")[-2] for n, _ in model.named_modules() if n.endswith(".lora_A")}

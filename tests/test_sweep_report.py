@@ -83,5 +83,7 @@ def test_seed_groups_are_rows_that_differ_only_in_the_seed_and_the_card_reads_th
     note = seed_note(groups, mine, "sweep/seeds.json")
     assert "ROUGE-L 30.46 (seed 7), 31.79 (seed 42) on the first 100 validation dialogues" in note
     assert "a spread of 1.33" in note
+    as_float = {**mine, "lora": {"r": 16.0}}  # the schema's float of YAML's int is the same configuration
+    assert "a spread of 1.33" in seed_note(groups, as_float, "sweep/seeds.json")
     other = {**mine, "lora": {"r": 32}}
     assert "not measured for these params" in seed_note(groups, other, "sweep/seeds.json")

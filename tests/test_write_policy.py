@@ -211,6 +211,7 @@ def test_production_code_writes_only_through_the_atomic_writers():
         "sumlora/batch.py": "OUTPUT.partial, appended batch by batch beside the cleared OUTPUT",
         "sumlora/training/checkpoints.py": "the checkpoints directory, a declared output of the train stage",
         "stages/train.py": "removes the partial curves directory a killed run left",
+        "sumlora/testing.py": "builds temporary projects for the tests and scripts/gpu_check.py (not a command)",
     }
     pattern = re.compile(r"open\([^)]*[\"'][wa]|(?<!atomic)\.write_(text|bytes)\(|\.mkdir\(|rmtree\(|\.unlink\(")
     offenders = []
