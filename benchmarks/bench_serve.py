@@ -53,12 +53,25 @@ def export(rev: str, dest: Path) -> Path:
     return dest
 
 
-def start_server(code_dir: Path, args) -> tuple[subprocess.Popen, str]:
+def params_for(rev: str, params: Path, dest: Path) -> Path:
+    """A params file the code of ``rev`` accepts (its own schema: its params.yaml) with this file's ``model`` and
+    ``generate`` sections, the ones the server uses: both servers load and decode alike."""
+    import yaml
+
+    old = yaml.safe_load(subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:params.yaml"], check=True,
+                                        capture_output=True, text=True).stdout)
+    now = yaml.safe_load(params.read_text())
+    old.update(model=now["model"], generate=now["generate"])
+    dest.write_text(yaml.safe_dump(old, sort_keys=False))  # a temporary directory of this run
+    return dest
+
+
+def start_server(code_dir: Path, args, params: Path) -> tuple[subprocess.Popen, str]:
     from sumlora.testing import free_port, wait_until_serving
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "sumlora.serve", "--adapter", str(args.adapter.resolve()),
-                             "--base", str(args.base.resolve()), "--params", str(args.params.resolve()),
+                             "--base", str(args.base.resolve()), "--params", str(params.resolve()),
                              "--port", str(port), "--max-batch", str(args.max_batch), "--max-wait-ms", "20",
                              "--max-items", str(max(64, args.big_size))],
                             cwd=code_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -110,7 +123,9 @@ def main(argv: list[str]) -> None:
     args = cli.parse(parser(), argv)
     dialogues = [r["dialogue"] for r in test_dialogues(args.data, args.big_size + 32)]
     with tempfile.TemporaryDirectory() as tmp:
-        servers = {"fifo": start_server(export(args.baseline_rev, Path(tmp)), args), "fair": start_server(ROOT, args)}
+        old_params = params_for(args.baseline_rev, args.params, Path(tmp) / "params-fifo.yaml")
+        servers = {"fifo": start_server(export(args.baseline_rev, Path(tmp)), args, old_params),
+                   "fair": start_server(ROOT, args, args.params)}
         runs = []
         try:
             for rep in range(args.repeats):

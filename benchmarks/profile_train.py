@@ -15,6 +15,7 @@ element-wise and the rest. ``python -m benchmarks.report`` makes the table.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from benchmarks.common import arm_parser, load_rows, machine, peak_memory_mb, publish
@@ -81,7 +82,8 @@ def main(argv: list[str]) -> None:
     order = length_grouped_order([len(e["input_ids"]) for e in encoded], tp.batch_size,
                                  steps * tp.batch_size * tp.gradient_accumulation_steps, params.seed)
     collate = PadCollator(tok.pad_token_id)
-    targs = training_arguments(tp, params.seed, params.model.compute_dtype, "unused", eval_strategy="no")
+    targs = dataclasses.replace(training_arguments(tp, params.seed, params.model.compute_dtype, "unused"),
+                                eval_strategy="no")  # only the optimizer is wanted from it
     optimizer = Trainer(model=model, args=targs).create_optimizer()
     model.train()
     bf16 = params.model.compute_dtype == "bfloat16"
