@@ -44,6 +44,8 @@ def arm(args) -> dict:
     order, batch = args.arm.rsplit("_b", 1)
     params = load_params(args.params)
     params.train.eval_batch_size = int(batch)
+    # float32 on the 4-bit layers: the arithmetic of its committed results (training_arguments below says float32)
+    params.model.compute_dtype, params.train.dequantize_base = "float32", False
     model, tok = prepare_qlora_model(args.base, params)
     set_peft_model_state_dict(model, load_file(str(args.adapter / "adapter_model.safetensors")))
     template = PromptTemplate.load(args.adapter)
