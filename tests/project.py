@@ -69,6 +69,8 @@ def tiny_params(model_dir: Path) -> dict:
     # float32 everywhere: summaries that do not depend on the machine's bf16 or on how a batch was composed
     p["model"]["compute_dtype"] = "float32"
     p["generate"]["dequantize"] = "float32"
+    # each tiny architecture's own LoRA targets: params.yaml names Llama's linear layers, the tiny Phi has others
+    p["lora"]["target_modules"] = None
     return p
 
 
