@@ -263,9 +263,9 @@ def test_a_colleague_pulls_the_release_from_a_bare_repositorys_url_and_the_teams
     assert refused.returncode != 0 and "no default remote" in refused.stderr.lower(), refused.stderr
 
     # the one who trains: the team's remote as the default, its address committed, the keys local
-    dvc(repo_a, "remote", "add", "-f", "-d", "team", "s3://team/sumlora")
-    dvc(repo_a, "remote", "modify", "team", "endpointurl", f"http://127.0.0.1:{s3.port}")
-    set_s3_keys(repo_a, "team", s3)
+    dvc(repo_a, "remote", "add", "-f", "-d", "s3team", "s3://team/sumlora")
+    dvc(repo_a, "remote", "modify", "s3team", "endpointurl", f"http://127.0.0.1:{s3.port}")
+    set_s3_keys(repo_a, "s3team", s3)
     sh(repo_a, "git", "commit", "-qam", "team remote")
     assert "secret" not in (repo_a / ".dvc/config").read_text()
     dvc(repo_a, "push", extra_env=LOOPBACK)
