@@ -24,9 +24,8 @@ from pathlib import Path
 
 from sumlora.core import atomic, cli
 from sumlora.core.errors import SumloraError
-from sumlora.core.params import flatten
+from sumlora.core.params import config_key, flatten
 from sumlora.figures import pyplot, save_png
-from sumlora.release import config_key
 
 ROUGE = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 SCORINGS = ("all_refs", "first_ref", "all_refs_tags_normalised")

@@ -87,3 +87,8 @@ def test_seed_groups_are_rows_that_differ_only_in_the_seed_and_the_card_reads_th
     assert "a spread of 1.33" in seed_note(groups, as_float, "sweep/seeds.json")
     other = {**mine, "lora": {"r": 32}}
     assert "not measured for these params" in seed_note(groups, other, "sweep/seeds.json")
+    # params added to the schema after the sweep ran count as their defaults (the behaviour the sweep had)
+    later = {**mine, "generate": {"split": "test", "num_beams": 1, "length_penalty": 1.0}}
+    assert "a spread of 1.33" in seed_note(groups, later, "sweep/seeds.json")
+    beams = {**mine, "generate": {"split": "test", "num_beams": 4}}
+    assert "not measured for these params" in seed_note(groups, beams, "sweep/seeds.json")

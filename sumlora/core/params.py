@@ -15,6 +15,7 @@ whole schema reads top to bottom in the order of the file it validates.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,10 +179,15 @@ class GenerateParams:
     max_new_tokens: int = 80
     batch_size: int = 8
     dequantize: str = "auto"
+    num_beams: int = 1
+    length_penalty: float = 1.0
 
     def check(self):
-        errs = [(k, f"must be >= 1, got {getattr(self, k)}") for k in ("max_new_tokens", "batch_size")
+        errs = [(k, f"must be >= 1, got {getattr(self, k)}") for k in ("max_new_tokens", "batch_size", "num_beams")
                 if getattr(self, k) < 1]
+        if self.num_beams == 1 and self.length_penalty != 1.0:  # it only ranks finished beams: refused, not ignored
+            errs.append(("length_penalty", f"has no effect with num_beams: 1 (greedy), got {self.length_penalty}; "
+                                           "set num_beams > 1 or length_penalty: 1.0"))
         if self.split not in SPLITS:
             errs.append(("split", f"must be one of {SPLITS}, got {self.split!r}"))
         if self.dequantize not in DEQUANTIZE:
@@ -284,6 +290,24 @@ def flatten(obj, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+IGNORED_FOR_SEEDS = ("seed",)  # rows differing only in these are the same configuration
+NOT_CONFIG = ("release.",)  # params that change no score
+
+
+def config_key(params: dict) -> str:
+    """The configuration a run of flattened ``params`` ran: its params but the seed and those that change no score,
+    as canonical JSON. A param the run does not record (one added to the schema after it ran) counts as its
+    schema default, the behaviour it had before; a whole-number float is written as the int it equals (YAML's
+    ``32`` and the schema's ``32.0`` are one value)."""
+    def canonical(v):
+        return int(v) if isinstance(v, float) and v.is_integer() else [canonical(x) for x in v] if isinstance(
+            v, list) else v
+
+    full = {**flatten(Params()), **params}
+    return json.dumps({k: canonical(v) for k, v in full.items()
+                       if k not in IGNORED_FOR_SEEDS and not k.startswith(NOT_CONFIG)}, sort_keys=True)
 
 
 def load_params(path: str | Path = "params.yaml", extra_checks: Iterable[Check] = ()) -> Params:
