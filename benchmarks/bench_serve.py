@@ -54,14 +54,15 @@ def export(rev: str, dest: Path) -> Path:
 
 
 def params_for(rev: str, params: Path, dest: Path) -> Path:
-    """A params file the code of ``rev`` accepts (its own schema: its params.yaml) with this file's ``model`` and
-    ``generate`` sections, the ones the server uses: both servers load and decode alike."""
+    """A params file the code of ``rev`` accepts (its own schema: its params.yaml) with this file's values of the
+    ``model`` and ``generate`` keys it knows, the ones the server uses: both servers load and decode alike."""
     import yaml
 
     old = yaml.safe_load(subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:params.yaml"], check=True,
                                         capture_output=True, text=True).stdout)
     now = yaml.safe_load(params.read_text())
-    old.update(model=now["model"], generate=now["generate"])
+    for section in ("model", "generate"):  # (a key added since is unknown to that code's schema)
+        old[section] = {k: now[section].get(k, v) for k, v in old[section].items()}
     dest.write_text(yaml.safe_dump(old, sort_keys=False))  # a temporary directory of this run
     return dest
 
