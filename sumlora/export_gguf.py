@@ -176,7 +176,8 @@ def main(argv: list[str]) -> None:
                          "true; or merge one with python -m sumlora.merge)")
     cli.offline()
     template = PromptTemplate.load(args.release)
-    max_new = GenerationConfig.from_pretrained(args.release).max_new_tokens
+    generation = GenerationConfig.from_pretrained(args.release)
+    max_new = generation.max_new_tokens
     info = json.loads((args.release / "release.json").read_text())
     name = f"{info['base']['base_model'].rsplit('/', 1)[-1]}-dialogsum"
     pre = tokenizer_pre(info)
@@ -191,6 +192,9 @@ def main(argv: list[str]) -> None:
         types = ", ".join(f"{n} {t}" for t, n in w["tensors_by_type"].items())
         print(f"{args.out_dir / w['file']}: {w['type']} ({types})")
     print(f"{args.out_dir / 'Modelfile'}: ollama create dialogsum -f {args.out_dir / 'Modelfile'}")
+    if (generation.num_beams or 1) > 1:
+        print(f"note: the release's summaries used beam search ({generation.num_beams} beams); Ollama and llama.cpp "
+              "decode greedily, so their summaries can differ")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
-"""Batched greedy summary generation (training prompt, or the model's chat template).
+"""Batched summary generation (training prompt, or the model's chat template): greedy, or beam search.
 
 Prompts are encoded with the same function as in training, sorted by length into
 batches (little padding), left-padded (decoder-only models continue from the right
 end), decoded from the new tokens only, and cut at the template's end marker.
 Each sequence stops at one of the model's end tokens (its generation config's list, plus the
-tokenizer's EOS) or at the end marker.
+tokenizer's EOS) or at the end marker. Greedy decoding batches continuously (:func:`generate_ids`);
+beam search (``generate.num_beams`` > 1) is ``model.generate``'s, on static batches.
 """
 
 from __future__ import annotations
@@ -51,8 +52,38 @@ def _merge_caches(cache, mask, new_cache, new_mask):
 
 
 @torch.inference_mode()
+def beam_ids(model, tokenizer, prompts: list[list[int]], batch_size: int, max_new_tokens: int, num_beams: int,
+             length_penalty: float, stop_strings: list[str] | None = None, progress=None) -> list[list[int]]:
+    """Beam search's new token ids for each of ``prompts``, in input order, up to and including the end token:
+    ``model.generate(num_beams=..., length_penalty=..., early_stopping=True)`` on left-padded batches of
+    ``batch_size`` prompts, longest first (the release card's batches). A hypothesis ends at an end token or a
+    stop string; finished beams are ranked by their summed log-probability over length ** ``length_penalty``
+    (> 1 favours longer summaries)."""
+    device = next(model.parameters()).device
+    eos = end_token_ids(getattr(model, "generation_config", None), tokenizer)
+    order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
+    results: list[list[int]] = [[] for _ in prompts]
+    for start in range(0, len(order), batch_size):
+        take = order[start:start + batch_size]
+        batch = tokenizer.pad({"input_ids": [prompts[i] for i in take]}, padding_side="left", return_tensors="pt")
+        out = model.generate(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                             max_new_tokens=max_new_tokens, num_beams=num_beams, length_penalty=length_penalty,
+                             early_stopping=True, do_sample=False, temperature=None, top_p=None, top_k=None,
+                             eos_token_id=eos, pad_token_id=tokenizer.pad_token_id, use_cache=True,
+                             stop_strings=stop_strings or None, tokenizer=tokenizer if stop_strings else None)
+        for row, i in enumerate(take):
+            new = out[row, batch["input_ids"].shape[1]:].tolist()
+            ends = [k for k, t in enumerate(new) if t in eos]
+            results[i] = new[:ends[0] + 1] if ends else new  # after the end token: padding
+        if progress:
+            progress(start + len(take), len(prompts))
+    return results
+
+
+@torch.inference_mode()
 def generate_ids(model, tokenizer, prompts: list[list[int]], batch_size: int, max_new_tokens: int,
-                 stop_strings: list[str] | None = None, progress=None) -> list[list[int]]:
+                 stop_strings: list[str] | None = None, progress=None, num_beams: int = 1,
+                 length_penalty: float = 1.0) -> list[list[int]]:
     """Greedy new token ids for each of the token-id ``prompts``, in input order, up to and including the token that
     ended it (an end token; or the one that completed a stop string, the text being cut there later).
 
@@ -60,7 +91,10 @@ def generate_ids(model, tokenizer, prompts: list[list[int]], batch_size: int, ma
     them; a row that ends leaves the batch at once (its keys and values dropped from the cache) and the next
     prompts, longest first, are prefilled and join it, so no pass is spent on finished rows. The greedy choice of
     each row is the one ``model.generate`` makes for it (float32: the same tokens; in bfloat16 the rounding can
-    follow the batch's composition, which differs)."""
+    follow the batch's composition, which differs). With ``num_beams`` > 1: :func:`beam_ids`."""
+    if num_beams > 1:
+        return beam_ids(model, tokenizer, prompts, batch_size, max_new_tokens, num_beams, length_penalty,
+                        stop_strings, progress)
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
@@ -115,10 +149,12 @@ def generate_ids(model, tokenizer, prompts: list[list[int]], batch_size: int, ma
 
 
 def generate_texts(model, tokenizer, prompts: list[list[int]], batch_size: int, max_new_tokens: int,
-                   stop_strings: list[str] | None = None, progress=None) -> list[str]:
-    """Greedy continuations (new tokens only, special tokens dropped) of token-id ``prompts``, in order."""
+                   stop_strings: list[str] | None = None, progress=None, **beams) -> list[str]:
+    """Continuations (new tokens only, special tokens dropped) of token-id ``prompts``, in order: greedy, or beam
+    search with ``num_beams`` and ``length_penalty`` (:func:`generate_ids`)."""
     return [tokenizer.decode(ids, skip_special_tokens=True)
-            for ids in generate_ids(model, tokenizer, prompts, batch_size, max_new_tokens, stop_strings, progress)]
+            for ids in generate_ids(model, tokenizer, prompts, batch_size, max_new_tokens, stop_strings, progress,
+                                    **beams)]
 
 
 def check_fits(prompts: list[list[int]], ids: list[str] | None, max_new_tokens: int, context: int | None) -> None:
@@ -142,21 +178,24 @@ def summary_prompts(tokenizer, template: PromptTemplate, dialogues: list[str]) -
 
 def generate_summaries(model, tokenizer, template: PromptTemplate, dialogues: list[str],
                        batch_size: int, max_new_tokens: int, progress=None, ids: list[str] | None = None,
-                       context: int | None = None) -> list[str]:
-    """Greedy summaries of ``dialogues`` with the training prompt, cut at the end marker, in input order.
-    With ``context``, dialogues (named by ``ids``) too long for it are refused first (:func:`check_fits`)."""
+                       context: int | None = None, num_beams: int = 1, length_penalty: float = 1.0) -> list[str]:
+    """Summaries of ``dialogues`` with the training prompt, cut at the end marker, in input order: greedy, or beam
+    search with ``num_beams`` > 1. With ``context``, dialogues (named by ``ids``) too long for it are refused first
+    (:func:`check_fits`)."""
     prompts = summary_prompts(tokenizer, template, dialogues)
     check_fits(prompts, ids, max_new_tokens, context)
-    texts = generate_texts(model, tokenizer, prompts, batch_size, max_new_tokens, template.stop_strings(), progress)
+    texts = generate_texts(model, tokenizer, prompts, batch_size, max_new_tokens, template.stop_strings(), progress,
+                           num_beams=num_beams, length_penalty=length_penalty)
     return [template.extract_summary(t) for t in texts]
 
 
 def generate_chat_summaries(model, tokenizer, dialogues: list[str], batch_size: int, max_new_tokens: int,
-                            progress=None, ids: list[str] | None = None, context: int | None = None) -> list[str]:
+                            progress=None, ids: list[str] | None = None, context: int | None = None,
+                            **beams) -> list[str]:
     """Zero-shot summaries through the tokenizer's chat template (the fair baseline for instruct models): the
     chat style's prompt, the one a model fine-tuned in that style is given."""
     return generate_summaries(model, tokenizer, template_for("chat"), dialogues, batch_size, max_new_tokens,
-                              progress, ids, context)
+                              progress, ids, context, **beams)
 
 
 @dataclass

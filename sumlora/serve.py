@@ -209,9 +209,14 @@ class Summarizer:
             dequantize_to = load["dequantize_to"]
             generation = json.loads((adapter_dir / "generation_config.json").read_text())
             self.max_new_tokens = max_new_tokens or generation["max_new_tokens"]
+            beams = generation.get("num_beams", 1)
         else:
             dequantize_to = resolve_dequantize(gp.dequantize, model_params)
             self.max_new_tokens = max_new_tokens or gp.max_new_tokens
+            beams = gp.num_beams
+        # the service decodes token by token (streaming, per-request stop and sampling): said at start, not hidden
+        self.decoding_note = (f"; greedy decoding, where the pipeline's summaries used beam search ({beams} beams)"
+                              if beams > 1 else "")
         if dequantize is not None:
             dequantize_to = resolve_dequantize(dequantize, model_params)
         self.model, self.tokenizer = load_model_and_tokenizer(base_dir, model_params, adapter_dir, dequantize_to)
@@ -651,7 +656,7 @@ def main(argv: list[str]) -> int:
         summarizer = Summarizer(args.adapter, args.base, args.params, args.dequantize, args.max_new_tokens)
         host, port = sock.getsockname()[:2]
         print(f"serving {args.adapter} as model {summarizer.name!r} on {args.base} ({summarizer.weights}, max "
-              f"{summarizer.max_new_tokens} new tokens) at http://{host}:{port}"
+              f"{summarizer.max_new_tokens} new tokens{summarizer.decoding_note}) at http://{host}:{port}"
               + (" (API key required)" if args.api_key else ""), flush=True)
         app = create_app(summarizer, args.max_batch, args.max_wait_ms, args.max_items, args.max_body_bytes,
                          args.api_key, args.docs)

@@ -12,7 +12,8 @@ sumlora/core/outputs.py).
 
 The prompt template saved beside the adapter is used, so the prompt is the one the adapter
 was trained with. Quantization settings come from params.yaml (``model`` section) when it
-exists. Errors (missing adapter, adapter for another base model, empty input, input longer
+exists, and so does the decoding (``generate``: max_new_tokens, dequantize, num_beams,
+length_penalty). Errors (missing adapter, adapter for another base model, empty input, input longer
 than the model's context) print one line and exit 1.
 """
 
@@ -101,6 +102,12 @@ def _load(args):
     return model, tok, template, gp, max_new
 
 
+def decoding(args) -> dict:
+    """The beam search settings of params.yaml's ``generate`` (greedy where there is no params file)."""
+    gp = model_settings(args.params)[1]
+    return {"num_beams": gp.num_beams, "length_penalty": gp.length_penalty}
+
+
 def summarize(args, stdin) -> str:
     from sumlora.generation import generate_summaries
     from sumlora.modeling import model_max_positions
@@ -117,7 +124,8 @@ def summarize(args, stdin) -> str:
     if problem := over_context(n_prompt, max_new, context):
         raise DataError(f"{where}: {problem}. Nothing was generated: shorten the dialogue by at least "
                         f"{n_prompt + max_new - context} tokens")
-    [summary] = generate_summaries(model, tok, template, [text], batch_size=1, max_new_tokens=max_new)
+    [summary] = generate_summaries(model, tok, template, [text], batch_size=1, max_new_tokens=max_new,
+                                   **decoding(args))
     return summary
 
 
@@ -135,6 +143,7 @@ def fingerprint(args, model_params, gp, max_new: int) -> dict:
 
     return {"input": sha256_file(args.input), "adapter": tree(args.adapter), "base": base_identity(args.base),
             "max_new_tokens": max_new, "dequantize": resolve_dequantize(gp.dequantize, model_params),
+            **({"num_beams": gp.num_beams, "length_penalty": gp.length_penalty} if gp.num_beams > 1 else {}),
             "model": dataclasses.asdict(model_params)}
 
 
@@ -157,7 +166,7 @@ def summarize_batch(args) -> None:
         check_fits(summary_prompts(tok, template, dialogues), names, max_new, context)
 
     def run(dialogues):
-        return generate_summaries(model, tok, template, dialogues, len(dialogues), max_new)
+        return generate_summaries(model, tok, template, dialogues, len(dialogues), max_new, **decoding(args))
 
     done, skipped = summarize_file(args.input, args.output, run, args.batch_size or gp.batch_size, check, source)
     print(f"{done} summarized" + (f", {skipped} resumed from {args.output}.partial" if skipped else "")

@@ -124,3 +124,34 @@ def test_continuous_batching_gives_what_generate_gives_each_dialogue(fp32_llama,
     assert [len(r) for r in reference] != [24] * len(reference)  # some rows stopped early
     assert all(len(r) == 24 or stop in tok.decode(r) for r in reference)
     assert ours == reference
+
+
+def transformers_beams(model, tok, template, dialogue: str, num_beams: int, length_penalty: float, new: int) -> str:
+    """One dialogue through transformers' own beam search, alone (no padding), cut at the end marker."""
+    from sumlora.generation import end_token_ids
+
+    ids = torch.tensor([encode_prompt(tok, template, dialogue)])
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
+                         num_beams=num_beams, length_penalty=length_penalty, early_stopping=True, do_sample=False,
+                         eos_token_id=end_token_ids(model.generation_config, tok), pad_token_id=tok.pad_token_id)
+    return template.extract_summary(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+
+
+def test_beam_search_is_transformers_beam_search_with_its_length_penalty(fp32_llama, dialogsum_dir):
+    """generate.num_beams / length_penalty: batched (left-padded, several lengths), each summary is the one
+    transformers' beam search gives for that dialogue alone with the same beams and penalty; and it is not greedy
+    decoding (the tiny model's beams find other words), nor blind to the penalty."""
+    model, tok = fp32_llama
+    dialogues = [r["dialogue"][: 120 + 70 * i] for i, r in enumerate(read_rows(dialogsum_dir / "test.jsonl", 5))]
+    template = PromptTemplate(end_marker="<never emitted>")
+    by_penalty = {}
+    for penalty in (-3.0, 3.0):
+        beams = generate_summaries(model, tok, template, dialogues, batch_size=3, max_new_tokens=10, num_beams=3,
+                                   length_penalty=penalty)
+        assert beams == [transformers_beams(model, tok, template, d, 3, penalty, 10) for d in dialogues]
+        by_penalty[penalty] = beams
+    greedy = generate_summaries(model, tok, template, dialogues, batch_size=3, max_new_tokens=10)
+    assert by_penalty[-3.0] != greedy
+    assert by_penalty[-3.0] != by_penalty[3.0]
+    lengths = {p: sum(len(tok(s)["input_ids"]) for s in summaries) for p, summaries in by_penalty.items()}
+    assert lengths[3.0] > lengths[-3.0], lengths  # a higher penalty exponent favours longer summaries

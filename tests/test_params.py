@@ -153,10 +153,13 @@ def test_the_code_defaults_are_the_values_in_params_yaml():
     ("lora.dropout", float("nan"), "lora.dropout: must be a finite number, got nan"),
     ("seed", 4294967296, "seed: must be below 2,147,483,648 in size, got 4,294,967,296"),
     ("train.max_steps", 10**30, "train.max_steps: must be below 2,147,483,648 in size"),
+    ("generate.length_penalty", 2.0, "generate.length_penalty: has no effect with num_beams: 1 (greedy), got 2.0"),
+    ("generate.num_beams", 0, "generate.num_beams: must be >= 1, got 0"),
 ])
 def test_non_finite_and_out_of_range_numbers_are_refused(tmp_path, key, value, message):
     """Reported: learning_rate .inf passed the check and published a NaN adapter; .nan and a seed of 2**32 ended in
-    tracebacks after DVC had removed the outputs. The check refuses them, in the file as YAML writes them."""
+    tracebacks after DVC had removed the outputs. The check refuses them, in the file as YAML writes them; and a
+    value that would be ignored (a length penalty without beams)."""
     data = committed()
     *parents, leaf = key.split(".")
     node = data
@@ -165,7 +168,7 @@ def test_non_finite_and_out_of_range_numbers_are_refused(tmp_path, key, value, m
     node[leaf] = value
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(data))
-    assert (".inf" in path.read_text() or ".nan" in path.read_text()) == isinstance(value, float)
+    assert (".inf" in path.read_text() or ".nan" in path.read_text()) == (value != value or abs(value) == float("inf"))
     out = subprocess.run([sys.executable, "-m", "sumlora.params", "check", str(path)], cwd=ROOT,
                          capture_output=True, text=True)
     assert out.returncode == 1 and message in out.stderr and "Traceback" not in out.stderr, out.stderr

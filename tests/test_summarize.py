@@ -271,3 +271,27 @@ def test_a_dialogue_too_long_for_the_context_is_named_before_any_is_summarized(t
     err = capsys.readouterr().err
     assert re.search(r"in.jsonl: id long \(\d+ prompt tokens\)", err), err
     assert not (tmp_path / "out.jsonl").exists() and not (tmp_path / "out.jsonl.partial").exists()
+
+
+def test_beam_search_of_params_is_what_the_command_decodes_with(trained, tmp_path, capsys):
+    """generate.num_beams / length_penalty of params.yaml reach the command, for one dialogue and for a file."""
+    import yaml
+    from conftest import ROOT
+
+    root, template = trained
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["model"].update(load_in_4bit=False, compute_dtype="float32")
+    params["generate"].update(num_beams=3, length_penalty=-2.0, dequantize="none")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    dialogues = [DIALOGUE, DIALOGUE.replace("party", "meeting at noon")]
+    args = ["--adapter", str(root / "adapter"), "--base", str(root / "base"), "--params", str(tmp_path / "params.yaml"),
+            "--max-new-tokens", "10"]
+    model, tok = load_model_and_tokenizer(root / "base", ModelParams(load_in_4bit=False, compute_dtype="float32"),
+                                          root / "adapter")
+    beams = generate_summaries(model, tok, template, dialogues, 1, 10, num_beams=3, length_penalty=-2.0)
+    assert beams != generate_summaries(model, tok, template, dialogues, 1, 10)  # beams are visible here
+    code, out = run(args, dialogues[0])
+    assert code == 0 and out == beams[0] + "\n", capsys.readouterr().err
+    (tmp_path / "in.txt").write_text("\n\n".join(dialogues))
+    code, _ = run(args + ["--input", str(tmp_path / "in.txt"), "--output", str(tmp_path / "out.txt")])
+    assert code == 0 and (tmp_path / "out.txt").read_text().splitlines() == beams  # one summary per line
