@@ -6,9 +6,11 @@
   ``revision`` name the real base (the hub id and commit; for the embedded default SmolLM2-135M-Instruct's
   hub id, the card saying the weights trained on were de-quantized from its GGUF Q4_1 file);
 - the tokenizer and ``prompt_template.json``;
-- ``generation_config.json``: the pipeline's decoding (greedy, ``max_new_tokens``, its end tokens, and the
-  end marker as a stop string), so ``generate`` reproduces the pipeline's summaries without params.yaml;
-- ``merged/`` (``release.merged_model``): base + adapter merged, in the dtype generation computes with, loadable
+- ``generation_config.json``: the fine-tuned generate stage's decoding, read from its run record (greedy or beam
+  search, ``max_new_tokens``, its end tokens, and the end marker as a stop string), so ``generate`` reproduces
+  the pipeline's summaries without params.yaml;
+- ``merged/`` (``release.merged_model``): base + adapter merged, in the dtype the generate stage computed with
+  (its run record), loadable
   with plain ``transformers.AutoModelForCausalLM.from_pretrained`` (no peft, no bitsandbytes, no base to fetch);
 - ``README.md``: a Hugging Face model card (``huggingface_hub.ModelCard``) with ``model-index`` results
   equal to ``metrics/rouge.json`` (labelled with the split, the number of dialogues and references scored),
@@ -51,32 +53,20 @@ def base_reference(info: dict) -> dict:
             "statement": f"the local model directory {source} (not on the Hugging Face hub)"}
 
 
-def generation_config(base_dir: Path, tokenizer, template: PromptTemplate, max_new_tokens: int):
-    """The decoding the generate stages use, as a GenerationConfig: greedy, ``max_new_tokens``, the base's end
-    tokens plus the tokenizer's EOS, and the template's end marker as a stop string."""
+def generation_config(base_dir: Path, tokenizer, template: PromptTemplate, run: dict):
+    """The decoding of the generate stage's ``run`` record, as a GenerationConfig: greedy or beam search (its
+    beams, length penalty, early stopping), ``max_new_tokens``, the base's end tokens plus the tokenizer's EOS, and
+    the template's end marker as a stop string."""
     from transformers import GenerationConfig
 
     from sumlora.generation import end_token_ids
 
     base = GenerationConfig.from_pretrained(base_dir) if (base_dir / "generation_config.json").is_file() else None
-    return GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
+    beams = ({"num_beams": run["num_beams"], "length_penalty": run["length_penalty"], "early_stopping": True}
+             if run["num_beams"] > 1 else {"num_beams": 1})
+    return GenerationConfig(do_sample=False, **beams, max_new_tokens=run["max_new_tokens"],
                             eos_token_id=end_token_ids(base, tokenizer), pad_token_id=tokenizer.pad_token_id,
                             bos_token_id=tokenizer.bos_token_id, stop_strings=template.stop_strings() or None)
-
-
-IGNORED_FOR_SEEDS = ("seed",)  # rows differing only in these are the same configuration
-NOT_CONFIG = ("release.",)  # params that change no score
-
-
-def config_key(params: dict) -> str:
-    """The configuration a row ran: its params but the seed and those that change no score, as canonical JSON
-    (a whole-number float written as the int it equals: YAML's ``32`` and the schema's ``32.0`` are one value)."""
-    def canonical(v):
-        return int(v) if isinstance(v, float) and v.is_integer() else [canonical(x) for x in v] if isinstance(
-            v, list) else v
-
-    return json.dumps({k: canonical(v) for k, v in params.items()
-                       if k not in IGNORED_FOR_SEEDS and not k.startswith(NOT_CONFIG)}, sort_keys=True)
 
 
 MERGED_DIR = "merged"
@@ -101,7 +91,7 @@ def seed_note(groups: list[dict], params, source: str) -> str:
     """What the card says about training randomness: the scores of these params trained with other seeds, from
     the sweep's ``seeds.json`` groups (:func:`sumlora.sweep_report.seed_groups`) whose configuration is these
     params' (the seed, the split scored and the release's own params aside), or that it was not measured."""
-    from sumlora.core.params import flatten
+    from sumlora.core.params import config_key, flatten
 
     mine = flatten(params)
     mine.pop("generate.split", None)
@@ -128,14 +118,31 @@ def references_per_dialogue(split: str, data: dict) -> str:
     return str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
 
 
-def loading(model_params, dequantize_to: str | None) -> dict:
-    """How the pipeline loaded the base to generate the scored summaries (recorded in release.json)."""
-    from sumlora.modeling import compute_dtype
+RUN_FIELDS = ("adapter", "compute_dtype", "dequantize_to", "num_beams", "length_penalty", "batch_size",
+              "max_new_tokens")
 
+
+def read_run_record(path: Path) -> dict:
+    """The fine-tuned generate stage's run record (stages/generate.py), refused when it lacks a field the release
+    needs or records the summaries of the base model."""
+    from sumlora.core.errors import DataError
+
+    run = json.loads(path.read_text())
+    missing = [k for k in RUN_FIELDS if k not in run]
+    if missing:
+        raise DataError(f"{path}: not a generate stage's run record (missing {', '.join(missing)}); "
+                        "rerun: dvc repro generate_finetuned")
+    if not run["adapter"]:
+        raise DataError(f"{path}: records the base model's summaries, not the fine-tuned ones")
+    return run
+
+
+def loading(model_params, run: dict) -> dict:
+    """How the pipeline loaded the base to generate the scored summaries (recorded in release.json): the 4-bit
+    settings of params, the dtypes the fine-tuned generate stage's ``run`` record says it used."""
     return {"load_in_4bit": model_params.load_in_4bit, "quant_type": model_params.quant_type,
-            "double_quant": model_params.double_quant,
-            "compute_dtype": str(compute_dtype(model_params)).removeprefix("torch."),
-            "dequantize_to": dequantize_to}
+            "double_quant": model_params.double_quant, "compute_dtype": run["compute_dtype"],
+            "dequantize_to": run["dequantize_to"]}
 
 
 def load_snippet(ref: dict, load: dict, template: PromptTemplate, batch_size: int, merged: bool = False) -> str:
@@ -193,11 +200,11 @@ def _snippet(imports: list[str], lines: list[str], load: dict, template: PromptT
         'release = "models/release"  # this directory (e.g. where `dvc artifacts get` put it)',
         *lines,
         "tokenizer = AutoTokenizer.from_pretrained(release)",
-        "generation_config = GenerationConfig.from_pretrained(release)  # greedy, as the pipeline",
+        "generation_config = GenerationConfig.from_pretrained(release)  # the pipeline's decoding",
         *prompt,
         "",
         "# Batches of the pipeline's size, longest prompts first, left-padded. In float32 these are the pipeline's",
-        "# summaries; in bfloat16 or float16 the padding and batch changes the rounding, and greedy decoding can",
+        "# summaries; in bfloat16 or float16 the padding and batch changes the rounding, and the decoding can",
         f"# follow it into other words ({load['dequantize_to'] or load['compute_dtype']} here).",
         f"BATCH = {batch_size}",
         "ids = [prompt_ids(d) for d in dialogues]",
@@ -228,7 +235,7 @@ on DialogSum by the dvc pipeline of this repository (`dvc repro`; this card is w
 ## Results
 
 ROUGE F1 x100 (`rouge_score`, stemmer on) of the summaries in `{{ scored_file }}`: the first {{ num_dialogues }}
-dialogues of the DialogSum {{ split }} split{{ split_note }}, {{ refs }} human reference(s) each, greedy decoding.
+dialogues of the DialogSum {{ split }} split{{ split_note }}, {{ refs }} human reference(s) each, {{ decoding }}.
 *All references*: per dialogue the best-matching of its references, then the mean; *first reference*: against
 the first reference only. One training run (seed {{ seed }}).
 
@@ -264,8 +271,8 @@ Gain of the fine-tuned model over the {{ baseline }} ({{ confidence }}% paired b
 {{ snippet }}
 ```
 
-This computes as the pipeline did ({{ weights }}). `generation_config.json` holds the decoding:
-greedy, at most {{ max_new_tokens }} new tokens, stopping at {{ stops }}.{{ base_note }}
+This computes as the pipeline did ({{ weights }}; batches of {{ gen_batch }}). `generation_config.json` holds
+the decoding: {{ decoding }}, at most {{ max_new_tokens }} new tokens, stopping at {{ stops }}.{{ base_note }}
 
 ## Intended use and limits
 
@@ -287,7 +294,7 @@ def _fmt_rouge(scores: dict) -> str:
 
 
 def model_card(rouge: dict, train: dict, data: dict, params, ref: dict, load: dict, template: PromptTemplate,
-               adapter_config: dict, install: str, seed_text: str, merged: bool = False) -> str:
+               adapter_config: dict, install: str, seed_text: str, merged: bool, run: dict) -> str:
     """The model card (README.md) text: metadata with ``model-index`` results built with huggingface_hub."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -353,32 +360,36 @@ def model_card(rouge: dict, train: dict, data: dict, params, ref: dict, load: di
         eval_loss=train["eval_loss"], loss_on=("the prompt and the reply" if params.tokenize.train_on_prompt else
                                                "the assistant's reply and its end of turn only" if template.chat else
                                                "the summary, its end marker and EOS only"),
-        prompt_format=prompt_format, snippet=load_snippet(ref, load, template, params.generate.batch_size, merged),
+        prompt_format=prompt_format, snippet=load_snippet(ref, load, template, run["batch_size"], merged),
         weights=weights,
-        max_new_tokens=params.generate.max_new_tokens, stops=stops, license=params.release.license))
+        decoding=(f"beam search ({run['num_beams']} beams, length penalty {run['length_penalty']})"
+                  if run["num_beams"] > 1 else "greedy decoding"), gen_batch=run["batch_size"],
+        max_new_tokens=run["max_new_tokens"], stops=stops, license=params.release.license))
 
 
-def write_release(out_dir: Path, base_dir: Path, adapter_dir: Path, metrics_dir: Path, params,
-                  dequantize_to: str | None, lock: Path, seeds: Path) -> dict:
-    """Write ``out_dir`` whole from the adapter, the base's tokenizer and info, the metrics, the tested versions
-    (``lock``) and the sweep's seed groups (``seeds``); with ``release.merged_model`` also the merged model, in the
-    dtype generation computes with; return release.json."""
+def write_release(out_dir: Path, base_dir: Path, adapter_dir: Path, metrics_dir: Path, params, run: dict,
+                  lock: Path, seeds: Path) -> dict:
+    """Write ``out_dir`` whole from the adapter, the base's tokenizer and info, the metrics, the fine-tuned generate
+    stage's ``run`` record (its dtypes, decoding and batch), the tested versions (``lock``) and the sweep's seed
+    groups (``seeds``); with ``release.merged_model`` also the merged model, in the dtype that run computed with;
+    return release.json."""
     from sumlora.modeling import load_model_and_tokenizer, load_tokenizer, read_base_info
 
     info = read_base_info(base_dir)
     ref = base_reference(info)
     template = PromptTemplate.load(adapter_dir)
-    load = loading(params.model, dequantize_to)
+    load = loading(params.model, run)
+    dequantize_to = run["dequantize_to"]
     rouge, train, data = (json.loads((metrics_dir / f"{n}.json").read_text()) for n in ("rouge", "train", "data"))
     tok = load_tokenizer(base_dir)
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
     config.update(base_model_name_or_path=ref["base_model"], revision=ref["revision"])
-    release = {"base": {**ref, "base_info": info}, "loading": load,
+    release = {"base": {**ref, "base_info": info}, "loading": load, "generation": run,
                "adapter_info": json.loads((adapter_dir / "adapter_info.json").read_text())}
     merged = params.release.merged_model
     install = pinned(lock, MERGED_PACKAGES if merged else CARD_PACKAGES)
     seed_text = seed_note(json.loads(seeds.read_text()), params, str(seeds))
-    card = model_card(rouge, train, data, params, ref, load, template, config, install, seed_text, merged)
+    card = model_card(rouge, train, data, params, ref, load, template, config, install, seed_text, merged, run)
     if merged:  # the weights the generate stage computes with: de-quantized once, adapter merged in
         model, _ = load_model_and_tokenizer(base_dir, params.model, adapter_dir,
                                             dequantize_to or load["compute_dtype"])
@@ -389,11 +400,11 @@ def write_release(out_dir: Path, base_dir: Path, adapter_dir: Path, metrics_dir:
             shutil.copy2(adapter_dir / name, tmp / name)
         atomic.write_json(tmp / "adapter_config.json", config)
         tok.save_pretrained(tmp)
-        generation_config(base_dir, tok, template, params.generate.max_new_tokens).save_pretrained(tmp)
+        generation_config(base_dir, tok, template, run).save_pretrained(tmp)
         atomic.write_text(tmp / "README.md", card)
         if merged:
             model.save_pretrained(tmp / MERGED_DIR, safe_serialization=True)
             tok.save_pretrained(tmp / MERGED_DIR)
-            generation_config(base_dir, tok, template, params.generate.max_new_tokens).save_pretrained(tmp / MERGED_DIR)
+            generation_config(base_dir, tok, template, run).save_pretrained(tmp / MERGED_DIR)
         atomic.write_json(tmp / RELEASE_INFO, release)
     return release

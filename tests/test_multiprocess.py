@@ -59,8 +59,8 @@ def test_train_stage_under_accelerate_launch_two_processes(tmp_path, dialogsum_d
 
     # generation split across the two processes writes what one process writes
     gen = ["-m", "stages.generate", "data/formatted/test.jsonl", "models/base"]
-    sh(proj, "python", *gen, "one.jsonl", "--adapter", "models/adapter")
-    out = sh(proj, *LAUNCH, *gen, "two.jsonl", "--adapter", "models/adapter", extra_env=LOOPBACK)
+    sh(proj, "python", *gen, "one.jsonl", "one.json", "--adapter", "models/adapter")
+    out = sh(proj, *LAUNCH, *gen, "two.jsonl", "two.json", "--adapter", "models/adapter", extra_env=LOOPBACK)
     assert "(2 processes)" in out.stdout, out.stdout[-2000:]
     one, two = ([json.loads(x) for x in (proj / f).read_text().splitlines()] for f in ("one.jsonl", "two.jsonl"))
     assert len(one) == 3 and [r["id"] for r in two] == [r["id"] for r in one]

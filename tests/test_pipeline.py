@@ -195,6 +195,12 @@ def test_release_loads_with_plain_peft_and_gives_the_pipelines_summaries(project
     generation = read_json(release / "generation_config.json")
     assert generation["do_sample"] is False and generation["max_new_tokens"] == 8
     assert generation["stop_strings"] == ["### End"] and generation["num_beams"] == 1
+    # the release reads the generate stage's run record (tests/project.py: float32, batches of 2), not params
+    run = read_json(project / "data/predictions/finetuned.json")
+    assert read_json(release / "release.json")["generation"] == run
+    assert (run["dequantize_to"], run["compute_dtype"], run["batch_size"], run["adapter_merged"]) == (
+        "float32", "float32", 2, True)
+    assert "BATCH = 2" in code and read_json(release / "merged/config.json")["dtype"] == "float32"
 
 
 @pytest.mark.slow
@@ -287,7 +293,7 @@ def test_a_dialogue_longer_than_the_models_context_is_refused_by_id(project, tmp
     test_file = tmp_path / "test.jsonl"
     test_file.write_text("".join(json.dumps(r) + "\n" for r in records))
     out = sh(project, sys.executable, "-m", "stages.generate", str(test_file), "models/base",
-             str(tmp_path / "out.jsonl"), *mode, check=False)
+             str(tmp_path / "out.jsonl"), str(tmp_path / "out.json"), *mode, check=False)
     assert out.returncode == 1 and not (tmp_path / "out.jsonl").exists()
     assert re.search(r"error: 1 dialogue\(s\) do not fit the model's context of 2048 tokens with "
                      r"generate.max_new_tokens=8: .*test.jsonl: test_long \(\d+ prompt tokens\)", out.stderr), (
@@ -299,7 +305,8 @@ def test_a_dialogue_longer_than_the_models_context_is_refused_by_id(project, tmp
 def test_generate_on_a_read_only_or_full_disk_is_one_line(project, small_disk, disk, message):
     out_file = small_disk[disk] / "base.jsonl"
     out = sh(project, sys.executable, "-m", "stages.generate", "data/formatted/test.jsonl", "models/base",
-             str(out_file), "--template", "data/tokenized/prompt_template.json", check=False)
+             str(out_file), str(out_file.with_suffix(".json")), "--template", "data/tokenized/prompt_template.json",
+             check=False)
     assert out.returncode == 1 and str(out_file) in out.stderr and message in out.stderr, out.stderr[-2000:]
     assert "Traceback" not in out.stderr
     # read-only: refused before any summary is generated; full: at the write; nothing half-written either way

@@ -59,3 +59,59 @@ def test_the_install_line_pins_the_lock_files_versions(tmp_path):
     assert pinned(lock, ("torch", "transformers")) == "torch==2.13.0 transformers==5.24.0"
     with pytest.raises(ValueError, match="no pinned version of bitsandbytes"):
         pinned(lock, ("torch", "bitsandbytes"))
+
+
+RUN = {"adapter": True, "compute_dtype": "float32", "dequantize_to": "float32", "num_beams": 3, "length_penalty": 2.0,
+       "batch_size": 2, "max_new_tokens": 9}
+
+
+def test_the_release_reads_the_generate_stages_run_record_and_refuses_another_file(tmp_path):
+    import json
+
+    from sumlora.core.errors import DataError
+    from sumlora.release import read_run_record
+
+    path = tmp_path / "finetuned.json"
+    path.write_text(json.dumps(RUN))
+    assert read_run_record(path) == RUN
+    path.write_text(json.dumps({k: v for k, v in RUN.items() if k != "num_beams"}))
+    with pytest.raises(DataError, match="finetuned.json: not a generate stage's run record .missing num_beams"):
+        read_run_record(path)
+    path.write_text(json.dumps({**RUN, "adapter": False}))
+    with pytest.raises(DataError, match="the base model's summaries"):
+        read_run_record(path)
+
+
+def test_the_release_generation_config_decodes_as_the_stage_did_with_beams(tiny_llama_dir, dialogsum_dir):
+    """A run record of beam search: transformers' generate with the release's GenerationConfig, in the card's
+    batches, gives the summaries the generate stage's beam search gave (float32)."""
+    import torch
+    from conftest import read_rows
+
+    from sumlora.core.params import ModelParams
+    from sumlora.generation import generate_summaries
+    from sumlora.modeling import load_model_and_tokenizer
+    from sumlora.release import generation_config
+    from sumlora.tokenizing import encode_prompt
+
+    model, tok = load_model_and_tokenizer(tiny_llama_dir, ModelParams(load_in_4bit=False, compute_dtype="float32"))
+    template = PromptTemplate(end_marker="<never emitted>")
+    dialogues = [r["dialogue"][: 100 + 60 * i] for i, r in enumerate(read_rows(dialogsum_dir / "test.jsonl", 4))]
+    config = generation_config(tiny_llama_dir, tok, template, {**RUN, "length_penalty": -2.0})
+    assert (config.num_beams, config.length_penalty, config.max_new_tokens) == (3, -2.0, 9)
+    stage = generate_summaries(model, tok, template, dialogues, RUN["batch_size"], RUN["max_new_tokens"],
+                               num_beams=3, length_penalty=-2.0)
+    ids = [encode_prompt(tok, template, d) for d in dialogues]
+    order = sorted(range(len(ids)), key=lambda i: (-len(ids[i]), i))  # the card's batches
+    card = [None] * len(ids)
+    for start in range(0, len(order), RUN["batch_size"]):
+        rows = order[start:start + RUN["batch_size"]]
+        batch = tok.pad({"input_ids": [ids[i] for i in rows]}, padding_side="left", return_tensors="pt")
+        with torch.inference_mode():
+            out = model.generate(**batch, generation_config=config, tokenizer=tok)
+        for row, i in enumerate(rows):
+            card[i] = template.extract_summary(tok.decode(out[row, batch["input_ids"].shape[1]:],
+                                                          skip_special_tokens=True))
+    assert card == stage
+    greedy = generate_summaries(model, tok, template, dialogues, RUN["batch_size"], RUN["max_new_tokens"])
+    assert greedy != stage  # beams were applied on both sides

@@ -228,7 +228,8 @@ def test_new_base_weights_start_fresh_and_refuse_the_old_adapter(project, tmp_pa
         out = finish_training(project)
         assert "starting fresh" in out and "resuming" not in out, out
         gen = subprocess.run([sys.executable, "-m", "stages.generate", "data/formatted/test.jsonl", "models/base",
-                              str(tmp_path / "pred.jsonl"), "--adapter", str(old_adapter)],
+                              str(tmp_path / "pred.jsonl"), str(tmp_path / "pred.json"), "--adapter",
+                              str(old_adapter)],
                              cwd=project, env=env(), capture_output=True, text=True)
         assert gen.returncode == 1 and not (tmp_path / "pred.jsonl").exists()
         assert "the weights in models/base are not the ones it was trained on" in gen.stderr, gen.stderr[-2000:]
@@ -275,7 +276,8 @@ def test_killed_generate_leaves_previous_output_intact(project):
     set_params(project, {"generate.batch_size": 1, "generate.max_new_tokens": 200})
     try:
         proc = subprocess.Popen([sys.executable, "-m", "stages.generate", "data/formatted/test.jsonl",
-                                 "models/base", str(out_file), "--template", "data/tokenized/prompt_template.json"],
+                                 "models/base", str(out_file), str(out_file.with_suffix(".json")), "--template",
+                                 "data/tokenized/prompt_template.json"],
                                 cwd=project, env=env(),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         for line in proc.stderr:  # the first dialogue is done (its progress line): kill it midway
