@@ -218,3 +218,32 @@ def test_attention_param_picks_the_kernel(tiny_llama_dir, params):
     assert prepare_qlora_model(tiny_llama_dir, params)[0].config._attn_implementation == "eager"
     params.train.attention = "sdpa"
     assert prepare_qlora_model(tiny_llama_dir, params)[0].config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_dequantized_in_bfloat16_keeps_the_float32_the_4bit_model_keeps(arch, request, params):
+    """train.dequantize_base with bfloat16 compute: only the blocks' linear weights become bfloat16 (the 4-bit
+    layers' bfloat16 de-quantization); embeddings, norms, LM head and rotary frequencies keep the float32 that
+    peft's prepare_model_for_kbit_training gives them beside 4-bit layers (the residual stream stays float32, as
+    in the 4-bit model), and the loss under autocast is the 4-bit model's up to bfloat16 rounding."""
+    import bitsandbytes as bnb
+
+    base = request.getfixturevalue(ARCHS[arch])
+    params.model.compute_dtype, params.train.dequantize_base = "bfloat16", False
+    four, tok = prepare_qlora_model(base, params)
+    params.train.dequantize_base = True
+    once = prepare_qlora_model(base, params)[0]
+    four_bit = {n for n, m in four.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+    expected = {n: t.dtype for n, t in [*four.named_parameters(), *four.named_buffers()]
+                if n.removesuffix(".weight") not in four_bit}
+    got = {n: t.dtype for n, t in [*once.named_parameters(), *once.named_buffers()]}
+    assert four_bit and {n: got[n] for n in expected} == expected
+    assert any("rotary" in n or "inv_freq" in n for n in expected) or arch == "phi"
+    assert {got[n + ".weight"] for n in four_bit} == {torch.bfloat16}
+    b = batch(tok, 3)
+    losses = []
+    for model in (four, once):
+        model.eval()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            losses.append(float(summary_loss(model, b)[0]))
+    assert losses[0] == pytest.approx(losses[1], rel=2e-2), losses
