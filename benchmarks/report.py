@@ -180,8 +180,31 @@ def profile_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def release_table(result: dict) -> str:
+    """The card's code and each GGUF file against the pipeline's summaries: identical ones, ROUGE, and whether
+    each stays within the tolerance (all references, ROUGE-1 and ROUGE-L)."""
+    pipe, tol = result["pipeline"], result["tolerance"]
+    keys = ("rouge1_all_refs", "rougeL_all_refs", "rouge1_first_ref", "rougeL_first_ref")
+    lines = ["| summaries | identical to the pipeline's | ROUGE-1 / ROUGE-L, all refs | first ref "
+             f"| within {tol} point(s) of the pipeline |", "|---|---:|---:|---:|---|"]
+    lines.append(f"| the pipeline (`generate_finetuned`) | {result['dialogues']} of {result['dialogues']} "
+                 f"| {pipe[keys[0]]:.2f} / {pipe[keys[1]]:.2f} | {pipe[keys[2]]:.2f} / {pipe[keys[3]]:.2f} | |")
+    card = {"file": "the model card's code on `merged/`", "type": "static batches", **result["card"]}
+    for f in [card, *result["files"]]:
+        within = all(pipe[k] - f[k] <= tol for k in keys[:2])
+        name = f["file"] if f is card else f"`{f['file']}` ({f['type']})"
+        lines.append(f"| {name} | {f['identical_to_pipeline']} of {result['dialogues']} "
+                     f"| {f[keys[0]]:.2f} / {f[keys[1]]:.2f} | {f[keys[2]]:.2f} / {f[keys[3]]:.2f} "
+                     f"| {'yes' if within else '**no**'} |")
+    run = result["generation"]
+    lines += ["", f"{result['machine']}; GGUF files read back with transformers' GGUF loader, computed in "
+              f"{result['compute_dtype']}, {run['decoding']} in batches of {run['batch_size']} (the generate "
+              f"stage's run record), {result['date']}. Not llama.cpp's own kernels."]
+    return "\n".join(lines)
+
+
 TABLES = {"generate": generate_table, "train": train_table, "serve": serve_table, "eval": eval_table,
-          "profile_train": profile_table}
+          "profile_train": profile_table, "release": release_table}
 
 
 def table_for(name: str) -> str:

@@ -204,6 +204,24 @@ def test_release_loads_with_plain_peft_and_gives_the_pipelines_summaries(project
 
 
 @pytest.mark.slow
+def test_the_release_as_users_run_it_gives_the_pipelines_summaries(project, tmp_path):
+    """benchmarks.bench_release on the pipeline's release (float32: tests/project.py): the card's code and the
+    f32 GGUF export give every summary the pipeline scored; the q8_0 file is scored beside them."""
+    gguf = tmp_path / "gguf"
+    sh(project, sys.executable, "-m", "sumlora.export_gguf", "models/release", str(gguf), "--types", "f32,q8_0")
+    sh(ROOT, sys.executable, "-m", "benchmarks.bench_release", "--release", str(project / "models/release"),
+       "--gguf", str(gguf), "--predictions", str(project / "data/predictions/finetuned.jsonl"),
+       "--json", str(tmp_path / "release.json"))
+    result = read_json(tmp_path / "release.json")
+    n = len((project / "data/predictions/finetuned.jsonl").read_text().splitlines())
+    assert result["dialogues"] == n and result["generation"] == read_json(project / "data/predictions/finetuned.json")
+    f32, q8 = result["files"]
+    assert (result["card"]["identical_to_pipeline"], f32["identical_to_pipeline"]) == (n, n), result
+    assert {k: f32[k] for k in result["pipeline"]} == result["pipeline"]  # the same summaries score the same
+    assert q8["type"] == "q8_0" and 0 <= q8["identical_to_pipeline"] <= n
+
+
+@pytest.mark.slow
 def test_release_card_reports_the_metrics_and_quotes_no_data(project):
     from huggingface_hub import ModelCard
 
