@@ -24,7 +24,7 @@ from pathlib import Path
 
 from sumlora.core import atomic, cli
 from sumlora.core.errors import SumloraError
-from sumlora.core.params import config_key, flatten
+from sumlora.core.params import NOT_CONFIG, Params, config_key, flatten
 from sumlora.figures import pyplot, save_png
 
 ROUGE = ("rouge1", "rouge2", "rougeL", "rougeLsum")
@@ -34,15 +34,13 @@ SCORINGS = ("all_refs", "first_ref", "all_refs_tags_normalised")
 DETAIL = ("metrics/rouge.json", "metrics/train.json")  # git-tracked outputs, not DVC metrics: read from each rev
 
 
-def with_detail(exp_show: list, show=None) -> list:
+def with_detail(exp_show: list) -> list:
     """``exp_show`` with each row's rouge.json and train.json put beside its metrics, read from the row's git commit
-    (an experiment is one) by ``show(rev, path)`` (default: ``git show REV:PATH``; None when the file is not there).
-    The saved document then holds everything the report needs."""
-    def git_show(rev: str, path: str):
+    (an experiment is one; skipped when the file is not there). The saved document then holds everything the
+    report needs."""
+    def show(rev: str, path: str):
         proc = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True)
         return json.loads(proc.stdout) if proc.returncode == 0 else None
-
-    show = show or git_show
 
     def fill(entry: dict) -> None:
         data = entry.get("data") or {}
@@ -67,17 +65,18 @@ def with_detail(exp_show: list, show=None) -> list:
 
 def runs(exp_show: list) -> list[dict]:
     """One dict per experiment or commit of ``dvc exp show --json`` that has ROUGE metrics: name, rev,
-    flattened params, rouge.json and train.json."""
-    found = []
+    flattened params (a param it does not record: its schema default, what the run had before the param
+    existed), rouge.json and train.json."""
+    found, defaults = [], flatten(Params())
 
     def add(entry: dict, name: str | None) -> None:
         data = entry.get("data") or {}
         rouge = ((data.get("metrics") or {}).get("metrics/rouge.json") or {}).get("data")
-        if data.get("rev") == "workspace" or not rouge:
-            return
+        if data.get("rev") == "workspace" or not rouge or entry.get("error"):
+            return  # (a failed experiment shows its baseline's metrics)
         params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
         train = ((data.get("metrics") or {}).get("metrics/train.json") or {}).get("data") or {}
-        found.append({"name": name or data["rev"][:7], "rev": data["rev"], "params": flatten(params),
+        found.append({"name": name or data["rev"][:7], "rev": data["rev"], "params": {**defaults, **flatten(params)},
                       "rouge": rouge, "train": train})
 
     for commit in exp_show:
@@ -89,9 +88,10 @@ def runs(exp_show: list) -> list[dict]:
 
 
 def swept(rows: list[dict]) -> list[str]:
-    """The params whose values differ between the rows (``generate.split`` aside: it is its own column)."""
+    """The params whose values differ between the rows (``generate.split`` aside: it is its own column; the
+    release's params change no score)."""
     keys = sorted({k for r in rows for k in r["params"]})
-    return [k for k in keys if k != "generate.split"
+    return [k for k in keys if k != "generate.split" and not k.startswith(NOT_CONFIG)
             and len({json.dumps(r["params"].get(k), sort_keys=True) for r in rows}) > 1]
 
 

@@ -92,3 +92,20 @@ def test_seed_groups_are_rows_that_differ_only_in_the_seed_and_the_card_reads_th
     assert "a spread of 1.33" in seed_note(groups, later, "sweep/seeds.json")
     beams = {**mine, "generate": {"split": "test", "num_beams": 4}}
     assert "not measured for these params" in seed_note(groups, beams, "sweep/seeds.json")
+
+
+def test_a_failed_experiment_and_the_releases_params_are_left_out():
+    """A failed (or killed) experiment shows its baseline's metrics in `dvc exp show`: not a result. Params of the
+    release change no score, and a param a row does not record is its default: neither makes a column."""
+    from sumlora.sweep_report import runs, swept
+
+    failed = {**rev("e" * 40, "killed", 16, 3e-4, "test", 35.94, 18.18), "error": {"msg": "Experiment run failed"}}
+    old = rev("f" * 40, "old", 16, 3e-4, "validation", 30.0, 12.0)
+    old["data"]["params"]["params.yaml"]["data"]["release"] = {"seed_spread": [1.0, 2.0]}
+    new = rev("9" * 40, "new", 16, 3e-4, "validation", 30.0, 12.0)
+    new["data"]["params"]["params.yaml"]["data"]["generate"]["num_beams"] = 1  # the default, recorded
+    doc = [{**rev("a" * 40, "main", 16, 3e-4, "test", 35.94, 18.18),
+            "experiments": [{"revs": [failed]}, {"revs": [old]}, {"revs": [new]}]}]
+    rows = runs(doc)
+    assert [r["name"] for r in rows] == ["main", "old", "new"]
+    assert swept(rows) == []
