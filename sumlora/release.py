@@ -272,7 +272,7 @@ Gain of the fine-tuned model over the {{ baseline }} ({{ confidence }}% paired b
 ```
 
 This computes as the pipeline did ({{ weights }}; batches of {{ gen_batch }}). `generation_config.json` holds
-the decoding: {{ decoding }}, at most {{ max_new_tokens }} new tokens, stopping at {{ stops }}.{{ base_note }}
+that decoding ({{ decoding }}, at most {{ max_new_tokens }} new tokens, stopping at {{ stops }}).{{ base_note }}
 
 ## Intended use and limits
 
@@ -346,9 +346,8 @@ def model_card(rouge: dict, train: dict, data: dict, params, ref: dict, load: di
         confidence=round(rouge["confidence"] * 100), bootstrap_samples=rouge["bootstrap_samples"], gain=gain,
         seed_note=seed_text, scored_file="data/predictions/finetuned.jsonl", refs=refs, install=install,
         base_note=("" if not merged or ref["base_model"] != EMBEDDED_HUB_ID else
-                   f" The adapter alone (`adapter_model.safetensors`) was trained on {ref['statement']}, not on "
-                   f"the original {EMBEDDED_HUB_ID} weights of the hub: load it onto those and its summaries "
-                   "differ; use `merged/`."),
+                   f" The adapter alone (`adapter_model.safetensors`) was trained on {ref['statement']}: loaded "
+                   "onto the hub's weights its summaries differ; use `merged/`."),
         train_rows=data["train"]["kept"], train_tokens=f"{data['train']['tokens']:,}",
         eval_rows=train["eval_rows"], max_length=data["max_length"],
         dropped=data["train"]["dropped_over_length"] + data["validation"]["dropped_over_length"],
