@@ -16,7 +16,7 @@ unquantized file should give the pipeline's summaries; a quantized one is held t
 (``python -m benchmarks.report`` says whether each is within it).
 
 This checks the weights and the tokenizer in the files, computed by PyTorch; it does not run llama.cpp's
-own kernels (no llama.cpp runtime installs from the package registry without a compiler build).
+own kernels (the package registry has no llama.cpp runtime that reads these files).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from pathlib import Path
 
 from benchmarks.common import arm_parser, machine, peak_memory_mb, publish
 from sumlora.core import cli
+from sumlora.core.errors import SumloraError
+from sumlora.testing import run_card_code
 
 TOLERANCE = 1.0  # ROUGE points (F1 x100) a quantized file may lose against the pipeline, all references
 
@@ -51,6 +53,8 @@ def parser():
 
 def main(argv: list[str]) -> None:
     args = cli.parse(parser(), argv)
+    if args.dialogues is not None and args.dialogues < 1:
+        raise SumloraError(f"--dialogues: must be >= 1, got {args.dialogues}")
     cli.offline()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -80,37 +84,10 @@ def main(argv: list[str]) -> None:
                                 "identical_to_pipeline": sum(a == b for a, b in zip(summaries, pipeline)),
                                 **scores(summaries, references), **peak_memory_mb()})
         print(json.dumps(result["files"][-1]), flush=True)
-    card, seconds = card_summaries(release, dialogues)
+    card, seconds = run_card_code(release, dialogues)
     result["card"] = {"seconds": seconds, "identical_to_pipeline": sum(a == b for a, b in zip(card, pipeline)),
                       **scores(card, references)}
     publish(result, args.json)
-
-
-CARD_RUN = """
-import json, sys, time
-dialogues = json.load(open(sys.argv[1]))
-start = time.perf_counter()
-exec(sys.stdin.read())
-print(json.dumps({"summaries": summaries, "seconds": time.perf_counter() - start}))
-"""
-
-
-def card_summaries(release: Path, dialogues: list[str]) -> tuple[list[str], float]:
-    """The card's code run as written (its ``release`` path pointed at ``release``) in a fresh process."""
-    import re
-    import subprocess
-    import sys
-    import tempfile
-
-    card = (release / "README.md").read_text()
-    code = re.search(r"```python\n(.*?)```", card, re.S).group(1)
-    code = code.replace('release = "models/release"', f"release = {str(release)!r}", 1)
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "dialogues.json").write_text(json.dumps(dialogues))
-        out = subprocess.run([sys.executable, "-c", CARD_RUN, str(Path(tmp) / "dialogues.json")], input=code,
-                             capture_output=True, text=True, check=True)
-    got = json.loads(out.stdout.splitlines()[-1])
-    return got["summaries"], got["seconds"]
 
 
 if __name__ == "__main__":

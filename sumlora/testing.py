@@ -35,6 +35,43 @@ def wait_until_serving(url: str, proc, timeout: float = 120) -> None:
     raise RuntimeError(f"the server did not answer {url}/health within {timeout:.0f} s")
 
 
+CARD_RUN = """
+import json, sys, time
+dialogues = json.load(open(sys.argv[1]))
+start = time.perf_counter()
+exec(sys.stdin.read())
+print(json.dumps({"summaries": summaries, "seconds": time.perf_counter() - start}))
+"""
+
+
+def card_code(release) -> str:
+    """The Python code block of a release's model card (README.md)."""
+    import re
+    from pathlib import Path
+
+    return re.search(r"```python\n(.*?)```", (Path(release) / "README.md").read_text(), re.S).group(1)
+
+
+def run_card_code(release, dialogues: list[str], env: dict | None = None) -> tuple[list[str], float]:
+    """The model card's code run as written, in a fresh Python process (environment ``env``), with its ``release``
+    path pointed at ``release``, on ``dialogues``: the summaries it gives, and the seconds it took."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    code = card_code(release).replace('release = "models/release"', f"release = {str(release)!r}", 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "dialogues.json").write_text(json.dumps(dialogues))
+        out = subprocess.run([sys.executable, "-c", CARD_RUN, str(Path(tmp) / "dialogues.json")], input=code,
+                             capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise RuntimeError(f"the card's code exited {out.returncode}: {out.stderr[-3000:]}")
+    got = json.loads(out.stdout.splitlines()[-1])
+    return got["summaries"], got["seconds"]
+
+
 # What a temporary copy of the project holds (tests/project.py, scripts/gpu_check.py): the pipeline and its code.
 PROJECT_FILES = ["dvc.yaml", ".gitignore", ".dvcignore", "stages", "sumlora", "scripts", "configs", "requirements.lock",
                  "sweep"]

@@ -6,7 +6,7 @@ import sys
 import time
 
 import pytest
-from project import ROOT, dvc, make_project, network_attempts, ran_stages, read_json, set_params, sh, status
+from project import ROOT, dvc, env, make_project, network_attempts, ran_stages, read_json, set_params, sh, status
 
 from sumlora.prompt import DEFAULT, PromptTemplate
 
@@ -163,30 +163,20 @@ def test_generate_split_validation_scores_validation_dialogues_and_leaves_traini
     assert read_json(project / "metrics/rouge.json")["split"] == "test"
 
 
-RELEASE_RUN = """
-import json, sys
-dialogues = json.load(open(sys.argv[1]))
-exec(sys.stdin.read())
-print(json.dumps(summaries))
-"""
-
-
 @pytest.mark.slow
 def test_release_loads_with_plain_peft_and_gives_the_pipelines_summaries(project, tmp_path):
     """The model card's own loading code (plain transformers on the merged model: no peft, no bitsandbytes, no
     sumlora), run as written, with the release's generation config: the summaries the pipeline scored, for the same
     dialogues (float32: tests/project.py)."""
-    from huggingface_hub import ModelCard
+    from sumlora.testing import card_code, run_card_code
 
     release = project / "models/release"
-    card = ModelCard.load(release / "README.md")
-    code = re.search(r"```python\n(.*?)```", card.text, re.S).group(1)
+    code = card_code(release)
     assert "sumlora" not in code and "peft" not in code and "bitsandbytes" not in code.lower()
     assert 'from_pretrained(release + "/merged")' in code
     preds = [json.loads(x) for x in (project / "data/predictions/finetuned.jsonl").read_text().splitlines()]
-    (tmp_path / "dialogues.json").write_text(json.dumps([p["dialogue"] for p in preds]))
-    out = sh(project, sys.executable, "-c", RELEASE_RUN, str(tmp_path / "dialogues.json"), stdin=code)
-    assert json.loads(out.stdout.splitlines()[-1]) == [p["prediction"] for p in preds]
+    summaries, _ = run_card_code(release, [p["dialogue"] for p in preds], env())
+    assert summaries == [p["prediction"] for p in preds]
 
     config = read_json(release / "adapter_config.json")  # names the base, not the pipeline's models/base
     assert config["base_model_name_or_path"] == read_json(project / "models/base/base_info.json")["source"]
