@@ -54,13 +54,28 @@ def dequantize_base(params: Params) -> bool:
     return bool(choice) and params.model.load_in_4bit
 
 
+def _as_input_dtype(module, args, output):
+    return output.to(args[0].dtype)
+
+
+def return_input_dtype(model) -> None:
+    """Make the de-quantized layers return their input's dtype, as the 4-bit layers they replace do (bitsandbytes
+    computes in the compute dtype, then casts back). Without it a bfloat16 layer hands bfloat16 on: the LoRA update
+    is added to a bfloat16 sum (8 significant bits) and the MLP's activation runs in bfloat16 where the 4-bit model
+    keeps float32, and training reaches a visibly higher validation loss (BENCHMARKS.md, training)."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear) and m.weight.dtype != torch.float32:
+            m.register_forward_hook(_as_input_dtype)
+
+
 def prepare_qlora_model(base_dir, params: Params):
     """Base model (4-bit when configured) prepared for k-bit training, with fresh LoRA layers (seeded).
     Takes the whole params: it needs the model, lora and seed values and train.gradient_checkpointing.
 
     With :func:`dequantize_base`, the 4-bit layers are replaced once by plain Linear layers holding their NF4
     weights de-quantized to the compute dtype: the same numbers QLoRA's 4-bit layers compute with at every pass
-    (``bitsandbytes`` de-quantizes to the compute dtype, then multiplies), held in memory instead of rebuilt.
+    (``bitsandbytes`` de-quantizes to the compute dtype, then multiplies), held in memory instead of rebuilt, and
+    returning their input's dtype as the 4-bit layers do (:func:`return_input_dtype`).
     The LoRA adapter trained is the same kind of file and loads onto the 4-bit base as before."""
     from peft import get_peft_model, prepare_model_for_kbit_training
 
@@ -76,6 +91,7 @@ def prepare_qlora_model(base_dir, params: Params):
         if dequantize_base(params):
             model = model.dequantize(dtype=compute_dtype(model_params))
             model.requires_grad_(False)
+            return_input_dtype(model)
     elif gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
         model.enable_input_require_grads()

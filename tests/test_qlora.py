@@ -220,20 +220,25 @@ def test_attention_param_picks_the_kernel(tiny_llama_dir, params):
     assert prepare_qlora_model(tiny_llama_dir, params)[0].config._attn_implementation == "sdpa"
 
 
+def four_bit_and_dequantized_bf16(base, params):
+    """The same base prepared twice with bfloat16 compute: 4-bit, and de-quantized once; the tokenizer and the names
+    of the 4-bit layers."""
+    import bitsandbytes as bnb
+
+    params.model.compute_dtype, params.train.dequantize_base = "bfloat16", False
+    four, tok = prepare_qlora_model(base, params)
+    params.train.dequantize_base = True
+    once = prepare_qlora_model(base, params)[0]
+    return four, once, tok, {n for n, m in four.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+
+
 @pytest.mark.parametrize("arch", sorted(ARCHS))
 def test_dequantized_in_bfloat16_keeps_the_float32_the_4bit_model_keeps(arch, request, params):
     """train.dequantize_base with bfloat16 compute: only the blocks' linear weights become bfloat16 (the 4-bit
     layers' bfloat16 de-quantization); embeddings, norms, LM head and rotary frequencies keep the float32 that
     peft's prepare_model_for_kbit_training gives them beside 4-bit layers (the residual stream stays float32, as
     in the 4-bit model), and the loss under autocast is the 4-bit model's up to bfloat16 rounding."""
-    import bitsandbytes as bnb
-
-    base = request.getfixturevalue(ARCHS[arch])
-    params.model.compute_dtype, params.train.dequantize_base = "bfloat16", False
-    four, tok = prepare_qlora_model(base, params)
-    params.train.dequantize_base = True
-    once = prepare_qlora_model(base, params)[0]
-    four_bit = {n for n, m in four.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+    four, once, tok, four_bit = four_bit_and_dequantized_bf16(request.getfixturevalue(ARCHS[arch]), params)
     expected = {n: t.dtype for n, t in [*four.named_parameters(), *four.named_buffers()]
                 if n.removesuffix(".weight") not in four_bit}
     got = {n: t.dtype for n, t in [*once.named_parameters(), *once.named_buffers()]}
@@ -247,3 +252,35 @@ def test_dequantized_in_bfloat16_keeps_the_float32_the_4bit_model_keeps(arch, re
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
             losses.append(float(summary_loss(model, b)[0]))
     assert losses[0] == pytest.approx(losses[1], rel=2e-2), losses
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_dequantized_in_bfloat16_returns_float32_as_the_4bit_layers_do(arch, request, params):
+    """A 4-bit layer computing in bfloat16 casts its output back to its input's dtype, so the LoRA update is added to
+    a float32 sum and the MLP's activation runs in float32. The de-quantized layers do the same: each hands on the
+    dtype it was given, layer for layer as in the 4-bit model; and with a non-zero LoRA update the logits and LoRA
+    gradients under autocast are the 4-bit model's to bfloat16 rounding."""
+    four, once, tok, four_bit = four_bit_and_dequantized_bf16(request.getfixturevalue(ARCHS[arch]), params)
+    torch.manual_seed(1)
+    update = {n: 1e-3 * torch.randn_like(p) for n, p in four.named_parameters() if "lora_B" in n}
+    b, results, dtypes = batch(tok, 3), [], []
+    for model in (four, once):
+        dtypes.append([])
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n in update:
+                    p.copy_(update[n])
+        model.eval()  # no dropout: the same function in both
+        hooks = [m.register_forward_hook(lambda m, a, out: dtypes[-1].append((a[0].dtype, out.dtype)))
+                 for n, m in model.named_modules() if n in four_bit]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+            out.logits.float().sum().backward()
+        for h in hooks:
+            h.remove()
+        results.append((out.logits.detach().float(), {n: p.grad for n, p in model.named_parameters() if "lora_" in n}))
+    (l4, g4), (l1, g1) = results
+    assert dtypes[0] == dtypes[1] and all(i == o for i, o in dtypes[1])
+    assert (torch.float32, torch.float32) in dtypes[1]  # (attention's output comes bfloat16 from autocast's SDPA)
+    assert (l4 - l1).abs().max() <= 2 ** -7 * l4.abs().max()  # the logits come from autocast in bfloat16: 1 unit
+    assert g4 and set(g4) == set(g1) and all((g4[n] - g1[n]).norm() <= 2e-2 * g4[n].norm() for n in g4)
