@@ -18,7 +18,10 @@ peaks measured before each.
 - ``+bf16``: ``model.compute_dtype: bfloat16`` (autocast; the 4-bit layers compute in bfloat16).
 - ``+dequantized``: ``train.dequantize_base: true``, float32: the NF4 weights de-quantized once.
 - ``+eager``: ``train.attention: eager`` (a matmul and a softmax per head) instead of PyTorch's fused SDPA.
-- ``+bf16+dequantized``: those two; ``all``: the three.
+- ``+cheap dropout``: LoRA's dropout drawn by :class:`sumlora.lora.CheapDropout` (a quarter of the random numbers;
+  the same distribution, another random stream), as the train stage does; the other arms use torch's dropout.
+- ``+bf16+dequantized``: those two; ``+bf16+dequantized+cheap dropout``: what the train stage runs on a CPU with
+  native bfloat16 (``auto``'s choices).
 
 Per run: seconds, real (non-padding) tokens/s, padding fraction, peak memory, the matmul weights (for the
 fraction of the matmul peak: a step costs about 4 FLOP per weight per real token, forward plus the backward
@@ -36,11 +39,12 @@ import time
 from benchmarks.common import arm_parser, device, load_rows, machine, peak_memory_mb, publish, run_interleaved
 from sumlora.core import atomic, cli
 
-SETTINGS = {  # arm: (model.compute_dtype, train.dequantize_base, train.attention)
-    "tutorial": ("float32", False, "sdpa"), "default": ("float32", False, "sdpa"),
-    "+bf16": ("bfloat16", False, "sdpa"), "+dequantized": ("float32", True, "sdpa"),
-    "+eager": ("float32", False, "eager"),
-    "+bf16+dequantized": ("bfloat16", True, "sdpa"), "all": ("bfloat16", True, "eager")}
+SETTINGS = {  # arm: (model.compute_dtype, train.dequantize_base, train.attention, cheap LoRA dropout)
+    "tutorial": ("float32", False, "sdpa", False), "default": ("float32", False, "sdpa", False),
+    "+bf16": ("bfloat16", False, "sdpa", False), "+dequantized": ("float32", True, "sdpa", False),
+    "+eager": ("float32", False, "eager", False), "+cheap dropout": ("float32", False, "sdpa", True),
+    "+bf16+dequantized": ("bfloat16", True, "sdpa", False),
+    "+bf16+dequantized+cheap dropout": ("bfloat16", True, "sdpa", True)}
 ARMS = tuple(SETTINGS)
 
 
@@ -94,7 +98,7 @@ def arm(args) -> dict:
     from sumlora.training.trainer import trainer_class, training_arguments
 
     params = load_params(args.params)
-    dtype, dequantize, attention = SETTINGS[args.arm]
+    dtype, dequantize, attention, cheap_dropout = SETTINGS[args.arm]
     params.model.compute_dtype = dtype if device() == "cpu" else "bfloat16"
     params.train.dequantize_base, params.train.attention = dequantize, attention
     tp = params.train
@@ -102,7 +106,7 @@ def arm(args) -> dict:
     tutorial = args.arm == "tutorial"
     if tutorial:
         tp.batch_size, tp.gradient_accumulation_steps, tp.gradient_checkpointing = 1, 4, True
-    model, tok = prepare_qlora_model(args.base, params)
+    model, tok = prepare_qlora_model(args.base, params, cheap_dropout=cheap_dropout)
     # the same rows in every arm: the first 4 x steps the train stage feeds (its length-grouped order of all rows)
     every = [encode_example(tok, DEFAULT, r["dialogue"], r["summary"]) for r in load_rows(args.data, "train", None)]
     encoded = [every[i] for i in length_grouped_order([len(e["input_ids"]) for e in every], 2, args.steps * 4,
@@ -143,7 +147,7 @@ def arm(args) -> dict:
         seconds = time.perf_counter() - start
     vrows = load_rows(args.data, "validation", args.eval_rows)
     return {"arm": args.arm, "compute_dtype": params.model.compute_dtype, "dequantized": dequantize_base(params),
-            "attention": attention,
+            "attention": attention, "cheap_dropout": cheap_dropout,
             "seconds": seconds, "steps": args.steps, "rows": len(ds), "real_tokens": Counting.real,
             "padding_fraction": round(1 - Counting.real / Counting.padded, 4), "tokens_per_s": Counting.real / seconds,
             "batch": f"{tp.batch_size} x {tp.gradient_accumulation_steps}",

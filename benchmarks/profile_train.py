@@ -9,8 +9,9 @@ Trainer's optimizer from ``train.optim``), with params.yaml's values and any ``-
 the batches are ``train.batch_size`` rows of the training split in length-grouped order, collated by the
 stage's collator. After two warm-up steps, ``--steps`` optimizer steps (each ``gradient_accumulation_steps``
 forward/backward passes) are profiled. Reported: wall seconds per phase (collate, forward, backward, optimizer),
-and self CPU time per operator grouped into categories: 4-bit de-quantization, matmuls, attention, LoRA dropout,
-element-wise and the rest. ``python -m benchmarks.report`` makes the table.
+and self CPU time per operator grouped into categories: 4-bit de-quantization, matmuls, attention, LoRA dropout
+(its random numbers; CheapDropout's comparison and scaling count as element-wise), element-wise and the rest.
+``python -m benchmarks.report`` makes the table.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ CATEGORIES = {  # operator name fragments -> category, first match wins (lower c
     "4-bit de-quantization": ("dequantize", "bitsandbytes", "nf4", "4bit"),
     "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear", "mkldnn", "onednn"),
     "attention": ("scaled_dot_product", "attention", "softmax"),
-    "dropout": ("dropout", "bernoulli"),
+    "dropout": ("dropout", "bernoulli", "random_", "randint"),  # torch's, and CheapDropout's random numbers
     "optimizer": ("optimizer", "adam", "8bit_blockwise"),
     "copies and casts": ("aten::copy_", "aten::to", "aten::_to_copy", "aten::clone", "aten::contiguous",
                          "aten::cat", "aten::empty", "aten::zeros", "aten::fill_"),

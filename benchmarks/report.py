@@ -65,8 +65,9 @@ def train_table(result: dict) -> str:
     run (4 FLOP per matmul weight per real token), padding, peak memory and the validation loss."""
     arms = _by_arm(result)
     rate = {a: {r["repeat"]: r["tokens_per_s"] for r in runs} for a, runs in arms.items()}
-    lines = ["| arm | compute | base weights | attention | real tokens / s | vs default | vs tutorial | of fp32 peak "
-             "| of bf16 peak | peak RSS MiB | val. loss |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| arm | compute | base weights | attention | LoRA dropout | real tokens / s | vs default | vs tutorial "
+             "| of fp32 peak | of bf16 peak | peak RSS MiB | val. loss |",
+             "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for a, runs in arms.items():
         ratio = {ref: [rate[a][k] / rate[ref][k] for k in rate[a]] for ref in ("default", "tutorial")}
         mem = "peak_gpu_mb" if "peak_gpu_mb" in runs[0] else "peak_rss_mb"
@@ -75,7 +76,7 @@ def train_table(result: dict) -> str:
         bf16 = statistics.median(f / r["bf16_matmul_gflops"] for f, r in zip(flops, runs))
         lines.append(f"| {a} | {runs[0]['compute_dtype']} "
                      f"| {'de-quantized once' if runs[0]['dequantized'] else '4-bit, de-quantized per pass'} "
-                     f"| {runs[0]['attention']} "
+                     f"| {runs[0]['attention']} | {'cheap' if runs[0].get('cheap_dropout') else 'torch'} "
                      f"| {_spread([r['tokens_per_s'] for r in runs], '.0f')} "
                      + "".join(f"| **{statistics.median(v):.2f}x** ({min(v):.2f}-{max(v):.2f}) "
                                for v in ratio.values())

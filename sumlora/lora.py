@@ -54,6 +54,32 @@ def dequantize_base(params: Params) -> bool:
     return bool(choice) and params.model.load_in_4bit
 
 
+class CheapDropout(torch.nn.Dropout):
+    """``nn.Dropout`` with the mask drawn from a quarter of the random numbers on CPU: each 64-bit draw of the
+    generator gives four 16-bit uniforms, and an element is dropped where its uniform falls below ``p`` (so ``p``
+    is honoured to 1/65536), the rest scaled by 1 / (1 - p) as torch does. The same distribution as torch's dropout,
+    another random stream. On a CPU, torch's dropout draws one number per element, and with LoRA on every linear
+    layer that was a fifth of a profiled training step (``benchmarks/results/profile_train-cpu.json`` as committed
+    in 471d393; BENCHMARKS.md has what this saves). Elsewhere (a GPU's fused kernel is cheap) this is torch's
+    dropout."""
+
+    def forward(self, x):
+        if not self.training or self.p == 0 or x.device.type != "cpu":
+            return super().forward(x)
+        words = torch.randint(-2 ** 63, 2 ** 63 - 1, ((x.numel() + 3) // 4,), dtype=torch.int64)
+        uniform = words.view(torch.int16)[:x.numel()].view(x.shape)  # each of -32768..32767 equally likely
+        threshold = round(self.p * 65536) - 32768
+        return x * ((uniform >= threshold) * (1 / (1 - self.p))).to(x.dtype)
+
+
+def cheap_lora_dropout(model) -> None:
+    """Replace the dropout of every LoRA layer by :class:`CheapDropout` of the same ``p``."""
+    for m in model.modules():
+        for name, d in getattr(m, "lora_dropout", {}).items():
+            if type(d) is torch.nn.Dropout:
+                m.lora_dropout[name] = CheapDropout(d.p)
+
+
 def _as_input_dtype(module, args, output):
     return output.to(args[0].dtype)
 
@@ -68,7 +94,7 @@ def return_input_dtype(model) -> None:
             m.register_forward_hook(_as_input_dtype)
 
 
-def prepare_qlora_model(base_dir, params: Params):
+def prepare_qlora_model(base_dir, params: Params, cheap_dropout: bool = True):
     """Base model (4-bit when configured) prepared for k-bit training, with fresh LoRA layers (seeded).
     Takes the whole params: it needs the model, lora and seed values and train.gradient_checkpointing.
 
@@ -76,7 +102,9 @@ def prepare_qlora_model(base_dir, params: Params):
     weights de-quantized to the compute dtype: the same numbers QLoRA's 4-bit layers compute with at every pass
     (``bitsandbytes`` de-quantizes to the compute dtype, then multiplies), held in memory instead of rebuilt, and
     returning their input's dtype as the 4-bit layers do (:func:`return_input_dtype`).
-    The LoRA adapter trained is the same kind of file and loads onto the 4-bit base as before."""
+    The LoRA adapter trained is the same kind of file and loads onto the 4-bit base as before.
+
+    ``cheap_dropout``: LoRA's dropout drawn as :class:`CheapDropout` does (off only to measure what it saves)."""
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     model_params, gradient_checkpointing = params.model, params.train.gradient_checkpointing
@@ -97,4 +125,6 @@ def prepare_qlora_model(base_dir, params: Params):
         model.enable_input_require_grads()
     torch.manual_seed(params.seed)  # LoRA init
     model = get_peft_model(model, lora_config(params.lora, model.config.model_type))
+    if cheap_dropout:
+        cheap_lora_dropout(model)
     return model, tok

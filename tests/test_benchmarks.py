@@ -25,16 +25,20 @@ def test_training_benchmark_runs_each_lever_alone_and_together_interleaved(tmp_p
     out = bench("-m", "benchmarks.bench_train", "--base", str(tiny_llama_dir), "--data", str(dialogsum_dir),
                 "--steps", "2", "--eval-rows", "3", "--repeats", "1", "--json", str(tmp_path / "t.json"))
     r = json.loads((tmp_path / "t.json").read_text())
-    arms = ["tutorial", "default", "+bf16", "+dequantized", "+eager", "+bf16+dequantized", "all"]
+    arms = ["tutorial", "default", "+bf16", "+dequantized", "+eager", "+cheap dropout", "+bf16+dequantized",
+            "+bf16+dequantized+cheap dropout"]
     assert [x["arm"] for x in r["runs"]] == arms
     run = {x["arm"]: x for x in r["runs"]}
     assert (run["tutorial"]["batch"], run["tutorial"]["checkpointing"]) == ("1 x 4", True)  # the tutorial's recipe
     assert (run["default"]["batch"], run["default"]["checkpointing"]) == ("2 x 2", False)  # params.yaml's
-    settings = {a: (run[a]["compute_dtype"], run[a]["dequantized"], run[a]["attention"]) for a in arms}
-    assert settings == {"tutorial": ("float32", False, "sdpa"), "default": ("float32", False, "sdpa"),
-                        "+bf16": ("bfloat16", False, "sdpa"), "+dequantized": ("float32", True, "sdpa"),
-                        "+eager": ("float32", False, "eager"), "+bf16+dequantized": ("bfloat16", True, "sdpa"),
-                        "all": ("bfloat16", True, "eager")}
+    settings = {a: (run[a]["compute_dtype"], run[a]["dequantized"], run[a]["attention"], run[a]["cheap_dropout"])
+                for a in arms}
+    assert settings == {"tutorial": ("float32", False, "sdpa", False), "default": ("float32", False, "sdpa", False),
+                        "+bf16": ("bfloat16", False, "sdpa", False), "+dequantized": ("float32", True, "sdpa", False),
+                        "+eager": ("float32", False, "eager", False),
+                        "+cheap dropout": ("float32", False, "sdpa", True),
+                        "+bf16+dequantized": ("bfloat16", True, "sdpa", False),
+                        "+bf16+dequantized+cheap dropout": ("bfloat16", True, "sdpa", True)}
     assert {x["rows"] for x in r["runs"]} == {8}  # same effective batch, same rows
     assert len({x["real_tokens"] for x in r["runs"]}) == 1  # the same text, each row once
     assert run["tutorial"]["padding_fraction"] == 0  # batch 1 never pads

@@ -284,3 +284,45 @@ def test_dequantized_in_bfloat16_returns_float32_as_the_4bit_layers_do(arch, req
     assert (torch.float32, torch.float32) in dtypes[1]  # (attention's output comes bfloat16 from autocast's SDPA)
     assert (l4 - l1).abs().max() <= 2 ** -7 * l4.abs().max()  # the logits come from autocast in bfloat16: 1 unit
     assert g4 and set(g4) == set(g1) and all((g4[n] - g1[n]).norm() <= 2e-2 * g4[n].norm() for n in g4)
+
+
+def test_cheap_dropout_has_torchs_distribution():
+    """CheapDropout drops each element with probability p, independently (also the four that share a 64-bit draw),
+    and scales the rest as torch's own dropout does; it follows torch's seed, and is the identity in eval mode."""
+    from sumlora.lora import CheapDropout
+
+    p, n = 0.05, 4_000_000
+    drop = CheapDropout(p).train()
+    torch.manual_seed(0)
+    x = torch.ones(n, requires_grad=True)
+    y = drop(x)
+    dropped = y == 0
+    sd = (p * (1 - p) / (n / 4)) ** 0.5
+    assert all(abs(float(dropped[k::4].float().mean()) - p) < 6 * sd for k in range(4))  # each lane of a draw
+    for gap in (1, 2, 3, 4, 577):  # neighbours (same draw or not) are dropped together p^2 of the time
+        both = float((dropped[:-gap] & dropped[gap:]).float().mean())
+        assert abs(both - p * p) < 6 * (p * p / n) ** 0.5, (gap, both)
+    assert set(y.unique().tolist()) == {0.0, float(torch.nn.functional.dropout(torch.ones(100), p).max())}
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # d y / d x = the mask x the scale
+    torch.manual_seed(0)
+    assert torch.equal(drop(torch.ones(n)), y.detach()) and not torch.equal(drop(torch.ones(n)), y.detach())
+    assert drop(torch.ones(3, 5, dtype=torch.bfloat16)).dtype == torch.bfloat16
+    xs = torch.randn(3, 5)
+    assert torch.equal(drop.eval()(xs), xs)
+
+
+def test_lora_layers_get_cheap_dropout_with_the_params_p(tiny_llama_dir, params):
+    from sumlora.lora import CheapDropout
+
+    params.lora.dropout = 0.1
+    model = prepare_qlora_model(tiny_llama_dir, params)[0]
+    def dropouts(model):
+        return [m.lora_dropout["default"] for m in model.modules() if hasattr(m, "lora_dropout")]
+
+    drops = dropouts(model)
+    assert drops and all(type(d) is CheapDropout and d.p == 0.1 for d in drops)
+    plain = prepare_qlora_model(tiny_llama_dir, params, cheap_dropout=False)[0]
+    assert {type(d) for d in dropouts(plain)} == {torch.nn.Dropout}
+    params.lora.dropout = 0.0
+    assert {type(d) for d in dropouts(prepare_qlora_model(tiny_llama_dir, params)[0])} == {torch.nn.Identity}

@@ -24,6 +24,7 @@ def test_train_ratios_and_fractions_of_the_matmul_peaks():
     def run(arm, repeat, rate):
         return {"arm": arm, "repeat": repeat, "tokens_per_s": rate, "batch": "2 x 2", "checkpointing": False,
                 "compute_dtype": "bfloat16", "dequantized": True, "attention": "eager", "padding_fraction": 0.25,
+                "cheap_dropout": arm == "ours",
                 "peak_rss_mb": 500,
                 "eval_loss": 2.0 + repeat, "matmul_params": 100_000_000, "matmul_gflops": 400.0,
                 "bf16_matmul_gflops": 1600.0}
@@ -35,7 +36,7 @@ def test_train_ratios_and_fractions_of_the_matmul_peaks():
     # ours/default: 3.0 and 4.0 -> median 3.50; ours/tutorial: 6.0 and 8.0 -> 7.00; loss median of 2 and 3 = 2.5;
     # matmul work 600 and 400 tokens/s x 4 x 1e8 = 240 and 160 GFLOP/s: of the fp32 peak 60% and 40% -> 50%,
     # of the bf16 peak 15% and 10% -> 12% (12.5 rounded half to even)
-    assert "| ours | bfloat16 | de-quantized once | eager | 500 (400-600) | **3.50x** (3.00-4.00) " \
+    assert "| ours | bfloat16 | de-quantized once | eager | cheap | 500 (400-600) | **3.50x** (3.00-4.00) " \
            "| **7.00x** (6.00-8.00) | 50% | 12% | 500 | 2.5000 |" in table, table
     # every arm's loss is 2.5 (the median of 2 and 3): ours is within 0.01 of the default's, and 3.50x it
     assert "within 0.01 of the default's: `ours`, **3.50x** the default's real tokens/s (goal >= 2x: met)" in table
