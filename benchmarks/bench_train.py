@@ -38,6 +38,7 @@ import time
 
 from benchmarks.common import arm_parser, device, load_rows, machine, peak_memory_mb, publish, run_interleaved
 from sumlora.core import atomic, cli
+from sumlora.core.errors import SumloraError
 
 SETTINGS = {  # arm: (model.compute_dtype, train.dequantize_base, train.attention, cheap LoRA dropout)
     "tutorial": ("float32", False, "sdpa", False), "default": ("float32", False, "sdpa", False),
@@ -160,20 +161,27 @@ def parser():
     ap.add_argument("--steps", type=int, default=12, help="optimizer steps per arm (effective batch 4)")
     ap.add_argument("--eval-rows", type=int, default=40, help="validation rows for the loss after training")
     ap.add_argument("--repeats", type=int, default=3, help="runs of each arm, interleaved")
+    ap.add_argument("--arms", type=lambda v: v.split(","), default=list(ARMS), metavar="A,B",
+                    help="run only these arms, comma-separated (default is required: the ratios are to it)")
     return ap
 
 
 def main(argv: list[str]) -> None:
     args = cli.parse(parser(), argv)
+    unknown = [a for a in args.arms if a not in ARMS]
+    if unknown or "default" not in args.arms:
+        raise SumloraError(f"--arms: unknown {unknown} (known: {', '.join(ARMS)})" if unknown
+                             else "--arms: must include default (every ratio is to it)")
     if args.arm:
         atomic.write_text(args.result, json.dumps(arm(args)))
         return
 
     common = ["--base", str(args.base), "--data", str(args.data), "--params", str(args.params),
               "--steps", str(args.steps), "--eval-rows", str(args.eval_rows)]
-    runs = run_interleaved(__spec__.name, ARMS, common, args.repeats)
+    arms = tuple(a for a in ARMS if a in args.arms)
+    runs = run_interleaved(__spec__.name, arms, common, args.repeats)
     result = {"benchmark": "train", "machine": machine(), "date": time.strftime("%Y-%m-%d"), "steps": args.steps,
-              "repeats": args.repeats, "arms": list(ARMS), "runs": runs}
+              "eval_rows": args.eval_rows, "repeats": args.repeats, "arms": list(arms), "runs": runs}
     publish(result, args.json)
 
 

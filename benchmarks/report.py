@@ -65,11 +65,12 @@ def train_table(result: dict) -> str:
     run (4 FLOP per matmul weight per real token), padding, peak memory and the validation loss."""
     arms = _by_arm(result)
     rate = {a: {r["repeat"]: r["tokens_per_s"] for r in runs} for a, runs in arms.items()}
-    lines = ["| arm | compute | base weights | attention | LoRA dropout | real tokens / s | vs default | vs tutorial "
-             "| of fp32 peak | of bf16 peak | peak RSS MiB | val. loss |",
-             "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    refs = [ref for ref in ("default", "tutorial") if ref in arms]
+    lines = ["| arm | compute | base weights | attention | LoRA dropout | real tokens / s | "
+             + "".join(f"vs {ref} | " for ref in refs) + "of fp32 peak | of bf16 peak | peak RSS MiB | val. loss |",
+             "|---|---|---|---|---|---:|" + "---:|" * len(refs) + "---:|---:|---:|---:|"]
     for a, runs in arms.items():
-        ratio = {ref: [rate[a][k] / rate[ref][k] for k in rate[a]] for ref in ("default", "tutorial")}
+        ratio = {ref: [rate[a][k] / rate[ref][k] for k in rate[a]] for ref in refs}
         mem = "peak_gpu_mb" if "peak_gpu_mb" in runs[0] else "peak_rss_mb"
         flops = [r["tokens_per_s"] * 4 * r["matmul_params"] / 1e9 for r in runs]  # GFLOP/s of matmul work
         fp32 = statistics.median(f / r["matmul_gflops"] for f, r in zip(flops, runs))
@@ -92,10 +93,13 @@ def train_table(result: dict) -> str:
                   f"{'met' if speed[best] >= 2 else 'not met'})."]
     peaks = [r["matmul_gflops"] for r in result["runs"]]
     bpeaks = [r["bf16_matmul_gflops"] for r in result["runs"]]
-    lines += ["", f"{result['machine']}; {result['steps']} optimizer steps of 4 rows per run, {result['repeats']} "
-              f"interleaved repeats, {result['date']}; matmul peak before each run: float32 {min(peaks):.0f}-"
-              f"{max(peaks):.0f} GFLOP/s, bfloat16 {min(bpeaks):.0f}-{max(bpeaks):.0f} GFLOP/s. val. loss: on "
-              "validation summaries after training (the tutorial arm trains on whole texts)."]
+    evaluated = f", on the first {result['eval_rows']} validation rows" if "eval_rows" in result else ""
+    repeats = f"{result['repeats']} interleaved repeats" if result["repeats"] > 1 else "one run of each arm"
+    tutorial = " (the tutorial arm trains on whole texts)" if "tutorial" in arms else ""
+    lines += ["", f"{result['machine']}; {result['steps']} optimizer steps of 4 rows per run, {repeats}, "
+              f"{result['date']}; matmul peak before each run: float32 {min(peaks):.0f}-{max(peaks):.0f} GFLOP/s, "
+              f"bfloat16 {min(bpeaks):.0f}-{max(bpeaks):.0f} GFLOP/s. val. loss: on validation summaries after "
+              f"training{evaluated}{tutorial}."]
     return "\n".join(lines)
 
 

@@ -54,6 +54,17 @@ def test_training_benchmark_runs_each_lever_alone_and_together_interleaved(tmp_p
     assert train_table(r) in out
 
 
+def test_training_benchmark_runs_the_arms_asked_for(tmp_path, tiny_llama_dir, dialogsum_dir):
+    common = ["-m", "benchmarks.bench_train", "--base", str(tiny_llama_dir), "--data", str(dialogsum_dir),
+              "--steps", "1", "--eval-rows", "2", "--repeats", "1"]
+    bench(*common, "--arms", "+cheap dropout,default", "--json", str(tmp_path / "t.json"))
+    r = json.loads((tmp_path / "t.json").read_text())
+    assert r["arms"] == ["default", "+cheap dropout"] == [x["arm"] for x in r["runs"]] and r["eval_rows"] == 2
+    for arms, message in (("+bf16", "must include default"), ("default,+fast", "unknown ['+fast']")):
+        proc = subprocess.run([sys.executable, *common, "--arms", arms], cwd=ROOT, capture_output=True, text=True)
+        assert proc.returncode == 1 and message in proc.stderr, proc.stderr
+
+
 def test_generation_benchmark_interleaves_the_arms_and_compares_summaries(tmp_path, tiny_llama_dir, dialogsum_dir):
     out = bench("-m", "benchmarks.bench_generate", "--base", str(tiny_llama_dir), "--adapter", "",
                 "--data", str(dialogsum_dir), "--dialogues", "4", "--new-tokens", "30", "--repeats", "2",

@@ -42,6 +42,22 @@ def test_train_ratios_and_fractions_of_the_matmul_peaks():
     assert "within 0.01 of the default's: `ours`, **3.50x** the default's real tokens/s (goal >= 2x: met)" in table
 
 
+def test_train_table_of_some_arms_has_no_tutorial_column():
+    def run(arm, rate, loss):
+        return {"arm": arm, "repeat": 0, "tokens_per_s": rate, "compute_dtype": "float32", "dequantized": False,
+                "attention": "sdpa", "cheap_dropout": False, "peak_rss_mb": 7, "eval_loss": loss,
+                "matmul_params": 1_000_000, "matmul_gflops": 1.0, "bf16_matmul_gflops": 2.0}
+
+    result = {"arms": ["default", "fast"], "machine": "m", "steps": 100, "eval_rows": 40, "repeats": 1, "date": "d",
+              "runs": [run("default", 100, 1.500), run("fast", 250, 1.509)]}
+    table = train_table(result)
+    assert "| vs default | of fp32 peak |" in table and "tutorial" not in table, table
+    assert "| fast | float32 | 4-bit, de-quantized per pass | sdpa | torch | 250 (250-250) | **2.50x** (2.50-2.50) " \
+           "| 100% | 50% | 7 | 1.5090 |" in table, table  # 250 tokens/s x 4 x 1e6 FLOP = 1 GFLOP/s: of 1.0 and 2.0
+    assert "`fast`, **2.50x** the default's real tokens/s (goal >= 2x: met)" in table
+    assert "one run of each arm" in table and "after training, on the first 40 validation rows." in table
+
+
 def test_eval_speed_is_the_baseline_time_over_the_arms():
     def run(arm, repeat, seconds):
         return {"arm": arm, "repeat": repeat, "seconds": seconds, "order": arm.rsplit("_", 1)[0], "batch_size": 2,
