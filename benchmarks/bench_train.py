@@ -19,7 +19,8 @@ peaks measured before each.
 - ``+dequantized``: ``train.dequantize_base: true``, float32: the NF4 weights de-quantized once.
 - ``+eager``: ``train.attention: eager`` (a matmul and a softmax per head) instead of PyTorch's fused SDPA.
 - ``+cheap dropout``: LoRA's dropout drawn by :class:`sumlora.lora.CheapDropout` (a quarter of the random numbers;
-  the same distribution, another random stream), as the train stage does; the other arms use torch's dropout.
+  the same distribution, another random stream), as the train stage does; the other arms use torch's dropout. On a
+  GPU CheapDropout is torch's dropout, so there this arm is the default again.
 - ``+bf16+dequantized``: those two; ``+bf16+dequantized+cheap dropout``: what the train stage runs on a CPU with
   native bfloat16 (``auto``'s choices).
 
