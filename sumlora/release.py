@@ -90,7 +90,9 @@ def pinned(lock: Path, packages: tuple[str, ...]) -> str:
 def seed_note(groups: list[dict], params, source: str) -> str:
     """What the card says about training randomness: the scores of these params trained with other seeds, from
     the sweep's ``seeds.json`` groups (:func:`sumlora.sweep_report.seed_groups`) whose configuration is these
-    params' (the seed, the split scored and the release's own params aside), or that it was not measured."""
+    params' (the seed, the split scored and the release's own params aside), or that it was not measured. The
+    first match is the newest code's (``seed_groups`` lists them so); the note names the commit the seeds ran on,
+    since a later change to the code can change the spread."""
     from sumlora.core.params import config_key, flatten
 
     mine = flatten(params)
@@ -105,7 +107,8 @@ def seed_note(groups: list[dict], params, source: str) -> str:
             refs = g["scoring"].replace("all_refs", "all references").replace("first_ref", "first reference")
             return ("The interval covers the choice of test dialogues, not training randomness. Trained with "
                     f"different seeds, these params scored {name} {scores} on the first {g['num_dialogues']} "
-                    f"{g['split']} dialogues ({refs}): a spread of {g['spread']:.2f} (`{source}`).")
+                    f"{g['split']} dialogues ({refs}): a spread of {g['spread']:.2f} (`{source}`"
+                    + (f", the code of commit {g['code'][:7]}" if g.get("code") else "") + ").")
     return ("The interval covers the choice of test dialogues, not training randomness; the spread over training "
             f"seeds was not measured for these params (`{source}` has no sweep of them).")
 

@@ -11,8 +11,10 @@ its paired bootstrap interval (``metrics/rouge.json``'s ``improvement``), the in
 tables cannot show. Rows scored on different splits are not comparable: the split is a column, and
 the ranking is per split (validation first). Writes ``OUT/sweep.md``, ``OUT/sweep.png``,
 ``OUT/exp_show.json`` (the `dvc exp show --json` it read: the raw record) and ``OUT/seeds.json``: every
-group of two or more rows whose params differ only in ``seed``, with each seed's score (the seed spread
-the release stage's model card reports for the params it was trained with).
+group of two or more rows whose params differ only in ``seed`` and that ran on the same code (the commit an
+experiment is based on), with each seed's score (the seed spread the release stage's model card reports for
+the params it was trained with). Rows on different code are different runs, never seeds of one: when a sweep
+spans several commits (``--rev``), the code is a column and ``seeds.json`` lists the newest code's groups first.
 """
 
 from __future__ import annotations
@@ -64,26 +66,28 @@ def with_detail(exp_show: list) -> list:
 
 
 def runs(exp_show: list) -> list[dict]:
-    """One dict per experiment or commit of ``dvc exp show --json`` that has ROUGE metrics: name, rev,
-    flattened params (a param it does not record: its schema default, what the run had before the param
-    existed), rouge.json and train.json."""
+    """One dict per experiment or commit of ``dvc exp show --json`` that has ROUGE metrics: name, rev, code (the
+    commit it ran on: an experiment's baseline commit, a commit's own rev) and that commit's timestamp, flattened
+    params (a param it does not record: its schema default), rouge.json and train.json."""
     found, defaults = [], flatten(Params())
 
-    def add(entry: dict, name: str | None) -> None:
+    def add(entry: dict, name: str | None, commit: dict) -> None:
         data = entry.get("data") or {}
         rouge = ((data.get("metrics") or {}).get("metrics/rouge.json") or {}).get("data")
         if data.get("rev") == "workspace" or not rouge or entry.get("error"):
             return  # (a failed experiment shows its baseline's metrics)
         params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
         train = ((data.get("metrics") or {}).get("metrics/train.json") or {}).get("data") or {}
-        found.append({"name": name or data["rev"][:7], "rev": data["rev"], "params": {**defaults, **flatten(params)},
+        base = commit.get("data") or {}
+        found.append({"name": name or data["rev"][:7], "rev": data["rev"], "code": base.get("rev") or data["rev"],
+                      "code_time": base.get("timestamp") or "", "params": {**defaults, **flatten(params)},
                       "rouge": rouge, "train": train})
 
     for commit in exp_show:
-        add(commit, commit.get("name") or (commit.get("data") or {}).get("meta", {}).get("name"))
+        add(commit, commit.get("name") or (commit.get("data") or {}).get("meta", {}).get("name"), commit)
         for exp in commit.get("experiments") or []:
             for rev in exp.get("revs") or []:
-                add(rev, rev.get("name"))
+                add(rev, rev.get("name"), commit)
     return found
 
 
@@ -96,18 +100,19 @@ def swept(rows: list[dict]) -> list[str]:
 
 
 def seed_groups(rows: list[dict], scoring: str, metric: str) -> list[dict]:
-    """Groups of rows with the same configuration and two or more seeds: the params, the split, and each
-    seed's fine-tuned score, its spread (max - min) and the experiments."""
-    groups: dict[str, list[dict]] = {}
-    for r in rows:
-        groups.setdefault(config_key(r["params"]), []).append(r)
+    """Groups of rows with the same configuration, run on the same code, and two or more seeds: the params, the
+    code (commit), the split, and each seed's fine-tuned score, its spread (max - min) and the experiments; the
+    newest code's groups first."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in sorted(rows, key=lambda r: r["code_time"], reverse=True):  # stable: within one code, the given order
+        groups.setdefault((config_key(r["params"]), r["code"]), []).append(r)
     out = []
-    for key, mine in groups.items():
+    for (key, code), mine in groups.items():
         seeds = {r["params"].get("seed") for r in mine}
         if len(seeds) < 2 or len(seeds) < len(mine):  # one row per seed, two seeds at least
             continue
         scores = {str(r["params"]["seed"]): round(r["rouge"]["finetuned"][scoring][metric], 2) for r in mine}
-        out.append({"params": json.loads(key), "split": mine[0]["rouge"].get("split", "test"),
+        out.append({"params": json.loads(key), "code": code, "split": mine[0]["rouge"].get("split", "test"),
                     "num_dialogues": mine[0]["rouge"].get("num_dialogues"), "scoring": scoring, "metric": metric,
                     "scores": scores, "spread": round(max(scores.values()) - min(scores.values()), 2),
                     "experiments": [r["name"] for r in mine]})
@@ -123,9 +128,10 @@ def ranked(rows: list[dict], scoring: str, metric: str) -> list[dict]:
 
 def markdown(rows: list[dict], scoring: str, metric: str) -> str:
     params = swept(rows)
+    codes = len({r["code"] for r in rows}) > 1
     pct = int(round(rows[0]["rouge"]["confidence"] * 100)) if rows else 95
-    head = (["rank", "experiment", "split", *params, f"fine-tuned {metric}", f"gain over baseline [{pct}% CI]",
-             "baseline", "chosen step"])
+    head = (["rank", "experiment", *(["code"] if codes else []), "split", *params, f"fine-tuned {metric}",
+             f"gain over baseline [{pct}% CI]", "baseline", "chosen step"])
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---:" if h.startswith(("rank", "fine", "gain", "chosen"))
                                                             else "---" for h in head) + "|"]
     rank, split = 0, None
@@ -134,7 +140,8 @@ def markdown(rows: list[dict], scoring: str, metric: str) -> str:
         rank = 1 if rouge.get("split", "test") != split else rank + 1
         split = rouge.get("split", "test")
         imp = rouge["improvement"][scoring][metric]
-        cells = [str(rank), r["name"], split, *(_cell(r["params"].get(k)) for k in params),
+        cells = [str(rank), r["name"], *([r["code"][:7]] if codes else []), split,
+                 *(_cell(r["params"].get(k)) for k in params),
                  f"{rouge['finetuned'][scoring][metric]:.2f}",
                  f"{imp['diff']:+.2f} [{imp['ci_low']:+.2f}, {imp['ci_high']:+.2f}]",
                  rouge.get("baseline", ""), str(r["train"].get("chosen_step", r["train"].get("steps", "")))]
@@ -142,7 +149,9 @@ def markdown(rows: list[dict], scoring: str, metric: str) -> str:
     n = {r["rouge"].get("num_dialogues") for r in rows}
     note = (f"ROUGE F1 x100 ({scoring.replace('_', ' ')}), {'/'.join(str(x) for x in sorted(n))} dialogues per "
             "row; gain = fine-tuned minus the stronger baseline, paired bootstrap interval over the dialogues "
-            "(it does not cover seed variation); ranked within each split.")
+            "(it does not cover seed variation); ranked within each split."
+            + (" Code: the commit a row ran on (rows on different code are different runs, not seeds of one)."
+               if codes else ""))
     return f"# Sweep: {metric}\n\n{note}\n\n" + "\n".join(lines) + "\n"
 
 

@@ -109,3 +109,35 @@ def test_a_failed_experiment_and_the_releases_params_are_left_out():
     rows = runs(doc)
     assert [r["name"] for r in rows] == ["main", "old", "new"]
     assert swept(rows) == []
+
+
+def test_seeds_on_different_code_are_not_one_group_and_the_card_reads_the_newest_code(tmp_path):
+    """The same params on two commits are two runs, not seeds of one: a code change (new numerics, a new random
+    stream) can move every score. Each commit's seeds are their own group, the newest commit's first, and the
+    card names the commit its spread ran on."""
+    def seeded(commit_char, scores):
+        out = []
+        for i, (seed, score) in enumerate(scores):
+            r = rev(chr(ord(commit_char) + 1 + i) * 40, f"{commit_char}-s{seed}", 16, 3e-4, "validation", score, 1.0)
+            r["data"]["params"]["params.yaml"]["data"]["seed"] = seed
+            out.append({"revs": [r]})
+        return out
+
+    old = {**rev("1" * 40, None, 16, 3e-4, "test", 35.0, 18.0), "experiments": seeded("1", ((42, 30.0), (7, 34.0)))}
+    new = {**rev("5" * 40, None, 16, 3e-4, "test", 36.0, 18.0), "experiments": seeded("5", ((42, 31.0), (7, 31.5)))}
+    old["data"]["timestamp"], new["data"]["timestamp"] = "2026-01-01T10:00:00", "2026-02-01T10:00:00"
+    (tmp_path / "exp.json").write_text(json.dumps([old, new]))  # the older commit listed first
+    subprocess.run([sys.executable, "-m", "sumlora.sweep_report", "--exp-show", str(tmp_path / "exp.json"),
+                    "--out", str(tmp_path / "out")], cwd=ROOT, check=True, capture_output=True)
+    groups = [g for g in json.loads((tmp_path / "out/seeds.json").read_text()) if g["split"] == "validation"]
+    assert [(g["code"], g["scores"], g["spread"]) for g in groups] == [
+        ("5" * 40, {"42": 31.0, "7": 31.5}, 0.5), ("1" * 40, {"42": 30.0, "7": 34.0}, 4.0)]  # not one {42, 7} x2
+    table = [line for line in (tmp_path / "out/sweep.md").read_text().splitlines() if line.startswith("| ")]
+    assert table[0].startswith("| rank | experiment | code | split |")
+    assert "| 5-s7 | 5555555 | validation |" in "\n".join(table)
+
+    from sumlora.release import seed_note
+
+    note = seed_note(groups, {"seed": 1, "lora": {"r": 16}, "train": {"learning_rate": 3e-4}}, "sweep/seeds.json")
+    assert "ROUGE-L 31.50 (seed 7), 31.00 (seed 42)" in note
+    assert "a spread of 0.50 (`sweep/seeds.json`, the code of commit 5555555)." in note
