@@ -119,8 +119,8 @@ class TrainParams:
     gradient_checkpointing: bool = False
     optim: str = "paged_adamw_8bit"
     group_by_length: bool = True
-    eval_steps: int = 25
-    save_steps: int = 25
+    eval_steps: int = 50
+    save_steps: int = 50
     eval_batch_size: int = 2
     max_eval_samples: int | None = 40
     select: str = "last"
