@@ -34,7 +34,7 @@ def run(tokenized, tmp_path, **train):
     params = load_params(ROOT / "params.yaml")
     params.model.compute_dtype = "float32"  # exact arithmetic: the losses are compared with ones measured apart
     params.lora.target_modules = None  # the attention projections: the scenario below was built on them
-    for k, v in {"max_steps": 6, "learning_rate": 0.3, "lr_scheduler": "constant", "warmup_steps": 0,
+    for k, v in {"max_steps": 6, "learning_rate": 1.0, "lr_scheduler": "constant", "warmup_steps": 0,
                  "eval_steps": 1, "save_steps": 1, "logging_steps": 1, "batch_size": 2,
                  "gradient_accumulation_steps": 1, "max_eval_samples": 4, **train}.items():
         setattr(params.train, k, v)
@@ -187,3 +187,23 @@ def test_neftune_adds_embedding_noise_of_its_size_in_training_only(tokenized, tm
     assert seen["train"] and seen["eval"]
     assert all(0 < noise <= bound * (1 + 1e-2) and noise > bound / 2 for noise, bound in seen["train"]), seen["train"]
     assert all(noise == 0 for noise, _ in seen["eval"])
+
+
+def test_how_often_training_evaluates_and_saves_changes_no_score_unless_an_evaluation_picks(tokenized, tmp_path):
+    """A validation pass or a checkpoint between steps must not move training (no random numbers drawn, no state
+    touched): evaluating and saving at every step publishes the same adapter as doing it once at the end, dropout
+    on. So the sweep report counts such runs as one configuration (sumlora.core.params.config_key), unless an
+    evaluation picks the adapter or stops training."""
+    from sumlora.core.params import config_key, flatten
+
+    assert load_params(ROOT / "params.yaml").lora.dropout > 0  # dropout draws random numbers at every step
+    every, once = (run(tokenized, tmp_path / name, select="last", eval_steps=n, save_steps=n, logging_steps=n)[0]
+                   for name, n in (("every", 1), ("once", 6)))
+    assert every["remeasured_loss"] == once["remeasured_loss"] and every["eval_loss"] == once["eval_loss"]
+
+    flat = flatten(load_params(ROOT / "params.yaml"))
+    assert flat["train.select"] == "last" and flat["train.early_stopping_patience"] is None
+    often = {**flat, "train.eval_steps": 1, "train.save_steps": 1, "train.logging_steps": 1}
+    assert config_key(often) == config_key(flat)
+    for picks in ({"train.select": "best"}, {"train.early_stopping_patience": 2}):
+        assert config_key({**often, **picks}) != config_key({**flat, **picks})

@@ -294,11 +294,15 @@ def flatten(obj, prefix: str = "") -> dict:
 
 IGNORED_FOR_SEEDS = ("seed",)  # rows differing only in these are the same configuration
 NOT_CONFIG = ("release.",)  # params that change no score
+# how often training logs, evaluates and saves: no score changes unless an evaluation picks the adapter or stops
+# training (tests/test_selection.py trains with each and compares)
+BOOKKEEPING = ("train.logging_steps", "train.eval_steps", "train.save_steps")
 
 
 def config_key(params: dict) -> str:
-    """The configuration a run of flattened ``params`` ran: its params but the seed and those that change no score,
-    as canonical JSON. A param the run does not record (one added to the schema after it ran) counts as its
+    """The configuration a run of flattened ``params`` ran: its params but the seed and those that change no score
+    (the release's; how often training evaluates and saves, where no evaluation picks the adapter), as canonical
+    JSON. A param the run does not record (one added to the schema after it ran) counts as its
     schema default, the behaviour it had before; a whole-number float is written as the int it equals (YAML's
     ``32`` and the schema's ``32.0`` are one value)."""
     def canonical(v):
@@ -306,8 +310,10 @@ def config_key(params: dict) -> str:
             v, list) else v
 
     full = {**flatten(Params()), **params}
+    picks = full["train.select"] != "last" or full["train.early_stopping_patience"] is not None
+    ignored = IGNORED_FOR_SEEDS + (() if picks else BOOKKEEPING)
     return json.dumps({k: canonical(v) for k, v in full.items()
-                       if k not in IGNORED_FOR_SEEDS and not k.startswith(NOT_CONFIG)}, sort_keys=True)
+                       if k not in ignored and not k.startswith(NOT_CONFIG)}, sort_keys=True)
 
 
 def load_params(path: str | Path = "params.yaml", extra_checks: Iterable[Check] = ()) -> Params:

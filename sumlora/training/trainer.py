@@ -83,6 +83,13 @@ def trainer_class():
                 loss = loss * self.accelerator.num_processes
             return (loss, outputs) if return_outputs else loss
 
+        def evaluate(self, *args, **kwargs):
+            """A validation pass leaves training's random numbers as it found them (a DataLoader draws its seed
+            from torch's generator): how often training evaluates changes no dropout mask, so no result."""
+            devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+            with torch.random.fork_rng(devices=devices):
+                return super().evaluate(*args, **kwargs)
+
     return SummaryLossTrainer
 
 
