@@ -109,7 +109,7 @@ SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 @dataclass
 class TrainParams:
     max_steps: int = 100
-    learning_rate: float = 5.0e-4
+    learning_rate: float = 8.0e-4
     lr_scheduler: str = "linear"
     warmup_steps: int = 5
     weight_decay: float = 0.0
