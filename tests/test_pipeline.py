@@ -175,8 +175,10 @@ def test_release_loads_with_plain_peft_and_gives_the_pipelines_summaries(project
     assert "sumlora" not in code and "peft" not in code and "bitsandbytes" not in code.lower()
     assert 'from_pretrained(release + "/merged")' in code
     preds = [json.loads(x) for x in (project / "data/predictions/finetuned.jsonl").read_text().splitlines()]
-    summaries, _ = run_card_code(release, [p["dialogue"] for p in preds], env())
+    began = time.perf_counter()
+    summaries, seconds = run_card_code(release, [p["dialogue"] for p in preds], env())
     assert summaries == [p["prediction"] for p in preds]
+    assert 0 < seconds < time.perf_counter() - began  # the card's own time, within the call's
 
     config = read_json(release / "adapter_config.json")  # names the base, not the pipeline's models/base
     assert config["base_model_name_or_path"] == read_json(project / "models/base/base_info.json")["source"]
