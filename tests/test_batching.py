@@ -31,3 +31,27 @@ def test_batches_hold_similar_lengths_so_padding_drops():
     # batches are not simply sorted over the whole epoch: long and short ones are interleaved
     firsts = [lengths[grouped[i]] for i in range(0, 400, 2)]
     assert firsts != sorted(firsts) and firsts != sorted(firsts, reverse=True)
+
+
+def test_a_batch_wider_than_the_token_budget_splits_into_passes_of_whole_rows_cut_to_their_length():
+    import torch
+
+    from sumlora.training.batching import PadCollator
+    from sumlora.training.trainer import split_rows
+
+    lengths = [5, 3, 4, 2, 6]
+    batch = PadCollator(pad_id=0)([{"input_ids": list(range(1, n + 1)), "labels": list(range(1, n + 1)), "row": i}
+                                   for i, n in enumerate(lengths)])
+    assert split_rows(batch, None) == [batch] and split_rows(batch, 30) == [batch]  # 5 rows x 6 columns fit
+    passes = split_rows(batch, 9)
+    # rows in order, a pass taking the next row while (its rows x their longest) stays <= 9: 1x5, then 2x5 > 9;
+    # 2x4; then 3x4 > 9; 1x2, then 2x6 > 9; 1x6
+    assert [p["row"].tolist() for p in passes] == [[0], [1, 2], [3], [4]]
+    assert [tuple(p["input_ids"].shape) for p in passes] == [(1, 5), (2, 4), (1, 2), (1, 6)]
+    for p in passes:  # the same rows' tokens, labels and mask, only the padding columns past the pass's longest row
+        rows = p["row"]
+        width = p["input_ids"].shape[1]
+        for key in ("input_ids", "labels", "attention_mask"):
+            assert torch.equal(p[key], batch[key][rows, :width])
+            assert not batch["attention_mask"][rows, width:].any()
+    assert sum(int(p["attention_mask"].sum()) for p in passes) == sum(lengths)

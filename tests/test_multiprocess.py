@@ -43,6 +43,14 @@ def test_train_stage_under_accelerate_launch_two_processes(tmp_path, dialogsum_d
         "adapter", "base", "checkpoints"]  # no temporary leftovers
     assert (proj / "models/checkpoints/checkpoint-2/.complete").is_file()
 
+    # Each batch run as one-row passes (train.max_tokens_per_pass): each pass's loss is over the whole batch's label
+    # count, and only a batch's last pass synchronizes (DDP averages the summed gradient once), so step 1's gradient
+    # must be the whole batches' one.
+    set_params(proj, {"train.max_tokens_per_pass": 1})
+    sh(proj, *LAUNCH, "-m", "stages.train", "data/tokenized", "models/base", "split/adapter", "split/checkpoints",
+       "split/training", "split/train.json", extra_env=LOOPBACK)
+    set_params(proj, {"train.max_tokens_per_pass": None})
+
     # The loss scaling across processes: one process with 2 accumulated batches of 2 sees the same 4 rows at step 1
     # as 2 processes with a batch of 2 each (rank r takes batch r of each pair). Its gradient must be the same:
     # without the scaling by the process count, DDP's averaging would halve the 2-process gradient. (Only step 1:
@@ -56,6 +64,9 @@ def test_train_stage_under_accelerate_launch_two_processes(tmp_path, dialogsum_d
     assert two["train/grad_norm"][1] == pytest.approx(one["train/grad_norm"][1], rel=1e-4), (two, one)
     assert two["train/loss"][1] == pytest.approx(one["train/loss"][1], rel=1e-4)
     assert two["eval/loss"][1] == pytest.approx(one["eval/loss"][1], rel=1e-4)
+    split = logged(proj / "split/training/plots/metrics")
+    assert split["train/grad_norm"][1] == pytest.approx(two["train/grad_norm"][1], rel=1e-4), (split, two)
+    assert split["train/loss"][1] == pytest.approx(two["train/loss"][1], rel=1e-4)
 
     # generation split across the two processes writes what one process writes
     gen = ["-m", "stages.generate", "data/formatted/test.jsonl", "models/base"]

@@ -28,10 +28,12 @@ def tokenized(tmp_path_factory, tiny_llama_dir, dialogsum_dir):
     return root
 
 
-def run(tokenized, tmp_path, **train):
+def run(tokenized, tmp_path, lora_dropout=None, **train):
     from sumlora.training.run import train as train_run
 
     params = load_params(ROOT / "params.yaml")
+    if lora_dropout is not None:
+        params.lora.dropout = lora_dropout
     params.model.compute_dtype = "float32"  # exact arithmetic: the losses are compared with ones measured apart
     params.lora.target_modules = None  # the attention projections: the scenario below was built on them
     for k, v in {"max_steps": 6, "learning_rate": 1.0, "lr_scheduler": "constant", "warmup_steps": 0,
@@ -207,3 +209,16 @@ def test_how_often_training_evaluates_and_saves_changes_no_score_unless_an_evalu
     assert config_key(often) == config_key(flat)
     for picks in ({"train.select": "best"}, {"train.early_stopping_patience": 2}):
         assert config_key({**often, **picks}) != config_key({**flat, **picks})
+
+
+def test_a_batch_split_into_passes_of_fewer_rows_trains_the_same_adapter(tokenized, tmp_path):
+    """train.max_tokens_per_pass bounds a pass's activations by splitting a wide batch into passes of fewer rows;
+    the update must stay the batch's (each pass's loss over the whole batch's label count, gradients summed), so
+    with no random numbers drawn (dropout off) every batch run one row at a time publishes the same adapter. (At
+    the other tests' learning rate of 1.0, Adam turns rounding-sized gradient differences into whole steps.)"""
+    whole, split = (run(tokenized, tmp_path / name, lora_dropout=0.0, select="last", gradient_accumulation_steps=2,
+                        learning_rate=1e-2, max_tokens_per_pass=budget)[0]
+                    for name, budget in (("whole", None), ("split", 1)))  # 1 token: every row a pass of its own
+    assert split["remeasured_loss"] == pytest.approx(whole["remeasured_loss"], rel=1e-5, abs=0)
+    assert split["eval_loss"] == pytest.approx(whole["eval_loss"], abs=1e-4)
+    assert split["train_tokens"] == whole["train_tokens"]

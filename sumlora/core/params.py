@@ -117,6 +117,7 @@ class TrainParams:
     batch_size: int = 2
     gradient_accumulation_steps: int = 2
     gradient_checkpointing: bool = False
+    max_tokens_per_pass: int | None = 1024
     optim: str = "paged_adamw_8bit"
     group_by_length: bool = True
     eval_steps: int = 50
@@ -141,6 +142,8 @@ class TrainParams:
         for k in ("warmup_steps", "weight_decay", "max_grad_norm"):
             if getattr(self, k) < 0:
                 errs.append((k, f"must be >= 0, got {getattr(self, k)}"))
+        if self.max_tokens_per_pass is not None and self.max_tokens_per_pass < 1:
+            errs.append(("max_tokens_per_pass", f"must be >= 1 or null, got {self.max_tokens_per_pass}"))
         if self.max_eval_samples is not None and self.max_eval_samples < 1:
             errs.append(("max_eval_samples", f"must be >= 1 or null, got {self.max_eval_samples}"))
         if self.select not in SELECT:

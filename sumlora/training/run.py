@@ -84,7 +84,8 @@ def train(params: Params, tokenized_dir, base_dir, checkpoints_dir, live_dir) ->
     live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None) if main else None
     trainer = trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                                data_collator=PadCollator(tok.pad_token_id),
-                               callbacks=callbacks(live, tp.early_stopping_patience))
+                               callbacks=callbacks(live, tp.early_stopping_patience),
+                               max_tokens_per_pass=tp.max_tokens_per_pass)
     trainer.remove_callback(PrinterCallback)  # its raw log dicts: the progress callback says the same, plainly
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from sumlora.core.params import TrainParams
@@ -45,6 +47,24 @@ def summary_loss(model, inputs: dict, num_items_in_batch=None, per_row: bool = F
     return loss / count, outputs
 
 
+def split_rows(inputs: dict, max_tokens: int | None) -> list[dict]:
+    """A right-padded batch (:class:`~sumlora.training.batching.PadCollator`'s) as passes of whole rows, in row order,
+    each cut to its own longest row and holding at most ``max_tokens`` tokens with its padding (a row longer than
+    that alone); the whole batch when it fits, or with ``max_tokens`` None. Every tensor is split along its rows."""
+    mask = inputs["attention_mask"]
+    if max_tokens is None or mask.numel() <= max_tokens:
+        return [inputs]
+    lengths = mask.sum(dim=1).tolist()
+    passes: list[list[int]] = [[]]
+    for i, n in enumerate(lengths):
+        rows = passes[-1]
+        if rows and (len(rows) + 1) * max(n, *(lengths[j] for j in rows)) > max_tokens:
+            passes.append(rows := [])
+        rows.append(i)
+    return [{k: v[rows[0]:rows[-1] + 1, :max(lengths[j] for j in rows)] if v.dim() == 2 else v[rows[0]:rows[-1] + 1]
+             for k, v in inputs.items()} for rows in passes]
+
+
 def diverged(step: int, max_steps: int, value: float, learning_rate: float, which: str):
     """The error that stops a run whose loss is not finite (NaN or infinity): nothing is published."""
     from sumlora.core.errors import ModelError
@@ -60,8 +80,9 @@ def trainer_class():
     class SummaryLossTrainer(Trainer):
         """A Trainer whose loss is :func:`summary_loss`."""
 
-        def __init__(self, *args, **kwargs):
+        def __init__(self, *args, max_tokens_per_pass: int | None = None, **kwargs):
             super().__init__(*args, **kwargs)
+            self.max_tokens_per_pass = max_tokens_per_pass  # train.max_tokens_per_pass: see training_step
             self.model_accepts_loss_kwargs = True  # our loss divides by num_items_in_batch itself
             self.rows_trained: list[int] = []  # training rows this process computed a loss on, in order
             self.tokens_trained = self.padding_trained = 0
@@ -82,6 +103,23 @@ def trainer_class():
                 # evaluation: its loss is per row, and the processes' losses are gathered, not averaged.
                 loss = loss * self.accelerator.num_processes
             return (loss, outputs) if return_outputs else loss
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            """A batch wider than ``train.max_tokens_per_pass`` tokens runs as several passes of fewer rows
+            (:func:`split_rows`): each pass's loss is its label tokens' sum over the whole batch's count
+            (``num_items_in_batch``), so their gradients add up to the batch's, while a pass holds only its own
+            activations. Under DDP only the last pass synchronizes the gradients, so every process synchronizes
+            once per batch however its batch was split."""
+            passes = split_rows(inputs, self.max_tokens_per_pass)
+            if len(passes) == 1:
+                return super().training_step(model, inputs, num_items_in_batch)
+            assert num_items_in_batch is not None  # the Trainer counts it, as model_accepts_loss_kwargs asks
+            total = 0.0
+            for k, part in enumerate(passes):
+                last = k == len(passes) - 1
+                with contextlib.nullcontext() if last else self.accelerator.no_sync(model):
+                    total = total + super().training_step(model, part, num_items_in_batch)
+            return total
 
         def evaluate(self, *args, **kwargs):
             """A validation pass leaves training's random numbers as it found them (a DataLoader draws its seed
