@@ -21,8 +21,12 @@ peaks measured before each.
 - ``+cheap dropout``: LoRA's dropout drawn by :class:`sumlora.lora.CheapDropout` (a quarter of the random numbers;
   the same distribution, another random stream), as the train stage does; the other arms use torch's dropout. On a
   GPU CheapDropout is torch's dropout, so there this arm is the default again.
-- ``+bf16+dequantized``: those two; ``+bf16+dequantized+cheap dropout``: what the train stage runs on a CPU with
-  native bfloat16 (``auto``'s choices).
+- ``+bf16+dequantized``: those two; ``+bf16+dequantized+cheap dropout``: ``auto``'s choices on a CPU with native
+  bfloat16; ``+bf16+dequantized+cheap dropout+split passes``: what the train stage runs there, a batch wider than
+  ``train.max_tokens_per_pass`` tokens run as passes of fewer rows (the other arms run one pass per batch).
+
+``--rows first`` (the default) trains on the first rows the train stage feeds; ``--rows widest`` on its widest
+batches (the most tokens with padding), widest first: where memory peaks, and where splitting acts.
 
 Per run: seconds, real (non-padding) tokens/s, padding fraction, peak memory, the matmul weights (for the
 fraction of the matmul peak: a step costs about 4 FLOP per weight per real token, forward plus the backward
@@ -41,12 +45,13 @@ from benchmarks.common import arm_parser, device, load_rows, machine, peak_memor
 from sumlora.core import atomic, cli
 from sumlora.core.errors import SumloraError
 
-SETTINGS = {  # arm: (model.compute_dtype, train.dequantize_base, train.attention, cheap LoRA dropout)
-    "tutorial": ("float32", False, "sdpa", False), "default": ("float32", False, "sdpa", False),
-    "+bf16": ("bfloat16", False, "sdpa", False), "+dequantized": ("float32", True, "sdpa", False),
-    "+eager": ("float32", False, "eager", False), "+cheap dropout": ("float32", False, "sdpa", True),
-    "+bf16+dequantized": ("bfloat16", True, "sdpa", False),
-    "+bf16+dequantized+cheap dropout": ("bfloat16", True, "sdpa", True)}
+SETTINGS = {  # arm: (model.compute_dtype, train.dequantize_base, train.attention, cheap LoRA dropout, split passes)
+    "tutorial": ("float32", False, "sdpa", False, False), "default": ("float32", False, "sdpa", False, False),
+    "+bf16": ("bfloat16", False, "sdpa", False, False), "+dequantized": ("float32", True, "sdpa", False, False),
+    "+eager": ("float32", False, "eager", False, False), "+cheap dropout": ("float32", False, "sdpa", True, False),
+    "+bf16+dequantized": ("bfloat16", True, "sdpa", False, False),
+    "+bf16+dequantized+cheap dropout": ("bfloat16", True, "sdpa", True, False),
+    "+bf16+dequantized+cheap dropout+split passes": ("bfloat16", True, "sdpa", True, True)}
 ARMS = tuple(SETTINGS)
 
 
@@ -100,19 +105,27 @@ def arm(args) -> dict:
     from sumlora.training.trainer import trainer_class, training_arguments
 
     params = load_params(args.params)
-    dtype, dequantize, attention, cheap_dropout = SETTINGS[args.arm]
+    dtype, dequantize, attention, cheap_dropout, split = SETTINGS[args.arm]
     params.model.compute_dtype = dtype if device() == "cpu" else "bfloat16"
     params.train.dequantize_base, params.train.attention = dequantize, attention
     tp = params.train
+    stage_steps, stage_batch = tp.max_steps, tp.batch_size  # the train stage's run, whose order the rows come from
     tp.max_steps, tp.warmup_steps = args.steps, 0
     tutorial = args.arm == "tutorial"
     if tutorial:
         tp.batch_size, tp.gradient_accumulation_steps, tp.gradient_checkpointing = 1, 4, True
     model, tok = prepare_qlora_model(args.base, params, cheap_dropout=cheap_dropout)
-    # the same rows in every arm: the first 4 x steps the train stage feeds (its length-grouped order of all rows)
+    # the same rows in every arm, from the order the train stage feeds them (its length-grouped order of all rows):
+    # the first 4 x steps, or its 4 x steps / batch_size widest batches
     every = [encode_example(tok, DEFAULT, r["dialogue"], r["summary"]) for r in load_rows(args.data, "train", None)]
-    encoded = [every[i] for i in length_grouped_order([len(e["input_ids"]) for e in every], 2, args.steps * 4,
-                                                       params.seed)]
+    lengths = [len(e["input_ids"]) for e in every]
+    widest = args.rows == "widest"
+    order = length_grouped_order(lengths, stage_batch, (stage_steps if widest else args.steps) * 4, params.seed)
+    if widest:
+        batches = [order[k:k + stage_batch] for k in range(0, len(order), stage_batch)]
+        batches.sort(key=lambda b: -len(b) * max(lengths[i] for i in b))  # stable: ties keep the stage's order
+        order = [i for b in batches[:args.steps * 4 // stage_batch] for i in b]
+    encoded = [every[i] for i in order]
     if tutorial:
         # whole text, labels = input ids; pad = eos, so the collator masks EOS out of the loss
         tok.pad_token = tok.eos_token
@@ -123,14 +136,15 @@ def arm(args) -> dict:
         collator, trainer_cls = PadCollator(tok.pad_token_id), trainer_class()
 
     class Counting(trainer_cls):
-        """Counts the real and padded tokens of every batch trained on."""
-        real = padded = 0
+        """Counts the real and padded tokens of every pass trained on, and the passes."""
+        real = padded = passes = 0
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if model.training:
                 mask = inputs["attention_mask"]
                 Counting.real += int(mask.sum())
                 Counting.padded += mask.numel()
+                Counting.passes += 1
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     with tempfile.TemporaryDirectory() as out:
@@ -139,7 +153,8 @@ def arm(args) -> dict:
             save_strategy="no", logging_steps=args.steps, learning_rate=2.0e-4,
             # the tutorial groups by length with transformers' own sampler
             **({"train_sampling_strategy": "group_by_length"} if tutorial else {}))
-        trainer = Counting(model=model, args=targs, train_dataset=ds, data_collator=collator)
+        budget = {"max_tokens_per_pass": tp.max_tokens_per_pass} if split else {}
+        trainer = Counting(model=model, args=targs, train_dataset=ds, data_collator=collator, **budget)
         if device() == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
@@ -150,6 +165,7 @@ def arm(args) -> dict:
     vrows = load_rows(args.data, "validation", args.eval_rows)
     return {"arm": args.arm, "compute_dtype": params.model.compute_dtype, "dequantized": dequantize_base(params),
             "attention": attention, "cheap_dropout": cheap_dropout,
+            "max_tokens_per_pass": tp.max_tokens_per_pass if split else None, "passes": Counting.passes,
             "seconds": seconds, "steps": args.steps, "rows": len(ds), "real_tokens": Counting.real,
             "padding_fraction": round(1 - Counting.real / Counting.padded, 4), "tokens_per_s": Counting.real / seconds,
             "batch": f"{tp.batch_size} x {tp.gradient_accumulation_steps}",
@@ -160,6 +176,8 @@ def arm(args) -> dict:
 def parser():
     ap = arm_parser("benchmarks.bench_train", __doc__, ARMS)
     ap.add_argument("--steps", type=int, default=12, help="optimizer steps per arm (effective batch 4)")
+    ap.add_argument("--rows", choices=("first", "widest"), default="first",
+                    help="train on the first rows the train stage feeds, or on its widest batches")
     ap.add_argument("--eval-rows", type=int, default=40, help="validation rows for the loss after training")
     ap.add_argument("--repeats", type=int, default=3, help="runs of each arm, interleaved")
     ap.add_argument("--arms", type=lambda v: v.split(","), default=list(ARMS), metavar="A,B",
@@ -178,10 +196,11 @@ def main(argv: list[str]) -> None:
         return
 
     common = ["--base", str(args.base), "--data", str(args.data), "--params", str(args.params),
-              "--steps", str(args.steps), "--eval-rows", str(args.eval_rows)]
+              "--steps", str(args.steps), "--eval-rows", str(args.eval_rows), "--rows", args.rows]
     arms = tuple(a for a in ARMS if a in args.arms)
     runs = run_interleaved(__spec__.name, arms, common, args.repeats)
     result = {"benchmark": "train", "machine": machine(), "date": time.strftime("%Y-%m-%d"), "steps": args.steps,
+              "row_selection": args.rows,
               "eval_rows": args.eval_rows, "repeats": args.repeats, "arms": list(arms), "runs": runs}
     publish(result, args.json)
 

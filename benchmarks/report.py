@@ -59,6 +59,13 @@ def generate_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _passes(run: dict) -> str:
+    """How a training arm ran its batches: one pass each, or split into passes of at most N tokens (how many)."""
+    if run.get("max_tokens_per_pass") is None:
+        return "one per batch"
+    return f"{run['passes']} of at most {run['max_tokens_per_pass']} tokens"
+
+
 def train_table(result: dict) -> str:
     """Real tokens/s of each arm (median and range), its ratio to today's default and to the tutorial's recipe
     (medians of per-repeat ratios), the fraction of the float32 and bfloat16 matmul peaks measured before the
@@ -66,9 +73,9 @@ def train_table(result: dict) -> str:
     arms = _by_arm(result)
     rate = {a: {r["repeat"]: r["tokens_per_s"] for r in runs} for a, runs in arms.items()}
     refs = [ref for ref in ("default", "tutorial") if ref in arms]
-    lines = ["| arm | compute | base weights | attention | LoRA dropout | real tokens / s | "
+    lines = ["| arm | compute | base weights | attention | LoRA dropout | passes | real tokens / s | "
              + "".join(f"vs {ref} | " for ref in refs) + "of fp32 peak | of bf16 peak | peak RSS MiB | val. loss |",
-             "|---|---|---|---|---|---:|" + "---:|" * len(refs) + "---:|---:|---:|---:|"]
+             "|---|---|---|---|---|---|---:|" + "---:|" * len(refs) + "---:|---:|---:|---:|"]
     for a, runs in arms.items():
         ratio = {ref: [rate[a][k] / rate[ref][k] for k in rate[a]] for ref in refs}
         mem = "peak_gpu_mb" if "peak_gpu_mb" in runs[0] else "peak_rss_mb"
@@ -78,7 +85,7 @@ def train_table(result: dict) -> str:
         lines.append(f"| {a} | {runs[0]['compute_dtype']} "
                      f"| {'de-quantized once' if runs[0]['dequantized'] else '4-bit, de-quantized per pass'} "
                      f"| {runs[0]['attention']} | {'cheap' if runs[0].get('cheap_dropout') else 'torch'} "
-                     f"| {_spread([r['tokens_per_s'] for r in runs], '.0f')} "
+                     f"| {_passes(runs[0])} | {_spread([r['tokens_per_s'] for r in runs], '.0f')} "
                      + "".join(f"| **{statistics.median(v):.2f}x** ({min(v):.2f}-{max(v):.2f}) "
                                for v in ratio.values())
                      + f"| {fp32:.0%} | {bf16:.0%} | {max(r[mem] for r in runs)} "
@@ -96,7 +103,9 @@ def train_table(result: dict) -> str:
     evaluated = f", on the first {result['eval_rows']} validation rows" if "eval_rows" in result else ""
     repeats = f"{result['repeats']} interleaved repeats" if result["repeats"] > 1 else "one run of each arm"
     tutorial = " (the tutorial arm trains on whole texts)" if "tutorial" in arms else ""
-    lines += ["", f"{result['machine']}; {result['steps']} optimizer steps of 4 rows per run, {repeats}, "
+    rows = ("the train stage's widest batches, widest first" if result.get("row_selection") == "widest"
+            else "the first rows the train stage feeds")
+    lines += ["", f"{result['machine']}; {result['steps']} optimizer steps of 4 rows per run ({rows}), {repeats}, "
               f"{result['date']}; matmul peak before each run: float32 {min(peaks):.0f}-{max(peaks):.0f} GFLOP/s, "
               f"bfloat16 {min(bpeaks):.0f}-{max(bpeaks):.0f} GFLOP/s. val. loss: on validation summaries after "
               f"training{evaluated}{tutorial}."]

@@ -27,9 +27,10 @@ def test_training_benchmark_runs_each_lever_alone_and_together_interleaved(tmp_p
                 "--steps", "2", "--eval-rows", "3", "--repeats", "1", "--json", str(tmp_path / "t.json"))
     r = json.loads((tmp_path / "t.json").read_text())
     arms = ["tutorial", "default", "+bf16", "+dequantized", "+eager", "+cheap dropout", "+bf16+dequantized",
-            "+bf16+dequantized+cheap dropout"]
+            "+bf16+dequantized+cheap dropout", "+bf16+dequantized+cheap dropout+split passes"]
     assert [x["arm"] for x in r["runs"]] == arms
     run = {x["arm"]: x for x in r["runs"]}
+    assert [a for a in arms if run[a]["max_tokens_per_pass"] is not None] == arms[-1:]
     assert (run["tutorial"]["batch"], run["tutorial"]["checkpointing"]) == ("1 x 4", True)  # the tutorial's recipe
     assert (run["default"]["batch"], run["default"]["checkpointing"]) == ("2 x 2", False)  # params.yaml's
     settings = {a: (run[a]["compute_dtype"], run[a]["dequantized"], run[a]["attention"], run[a]["cheap_dropout"])
@@ -39,7 +40,8 @@ def test_training_benchmark_runs_each_lever_alone_and_together_interleaved(tmp_p
                         "+eager": ("float32", False, "eager", False),
                         "+cheap dropout": ("float32", False, "sdpa", True),
                         "+bf16+dequantized": ("bfloat16", True, "sdpa", False),
-                        "+bf16+dequantized+cheap dropout": ("bfloat16", True, "sdpa", True)}
+                        "+bf16+dequantized+cheap dropout": ("bfloat16", True, "sdpa", True),
+                        "+bf16+dequantized+cheap dropout+split passes": ("bfloat16", True, "sdpa", True)}
     assert {x["rows"] for x in r["runs"]} == {8}  # same effective batch, same rows
     assert len({x["real_tokens"] for x in r["runs"]}) == 1  # the same text, each row once
     assert run["tutorial"]["padding_fraction"] == 0  # batch 1 never pads
@@ -64,6 +66,31 @@ def test_training_benchmark_runs_the_arms_asked_for(tmp_path, tiny_llama_dir, di
     for arms, message in (("+bf16", "must include default"), ("default,+fast", "unknown ['+fast']")):
         proc = subprocess.run([sys.executable, *common, "--arms", arms], cwd=ROOT, capture_output=True, text=True)
         assert proc.returncode == 1 and message in proc.stderr, proc.stderr
+
+
+def test_training_benchmark_on_the_widest_batches_splits_them_where_the_stage_would(tmp_path, tiny_llama_dir,
+                                                                                    dialogsum_dir):
+    import yaml
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["train"]["max_tokens_per_pass"] = 64  # the tiny model's rows are short: a budget that splits them
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    common = ["-m", "benchmarks.bench_train", "--base", str(tiny_llama_dir), "--data", str(dialogsum_dir),
+              "--params", str(tmp_path / "params.yaml"), "--steps", "1", "--eval-rows", "2", "--repeats", "1"]
+    split = "+bf16+dequantized+cheap dropout+split passes"
+    runs = {}
+    for rows in ("first", "widest"):
+        bench(*common, "--rows", rows, "--arms", f"default,{split}", "--json", str(tmp_path / f"{rows}.json"))
+        r = json.loads((tmp_path / f"{rows}.json").read_text())
+        assert r["row_selection"] == rows
+        runs[rows] = {x["arm"]: x for x in r["runs"]}
+    first, widest = runs["first"], runs["widest"]
+    # the widest batches hold more tokens than the first ones; both arms train on the same rows
+    assert widest["default"]["real_tokens"] > first["default"]["real_tokens"]
+    assert widest[split]["real_tokens"] == widest["default"]["real_tokens"]
+    # one optimizer step = 2 batches of 2 rows: one pass each, or (over 64 tokens) one pass per row
+    assert widest["default"]["passes"] == 2 and widest[split]["passes"] == 4
+    assert widest[split]["max_tokens_per_pass"] == 64 and widest["default"]["max_tokens_per_pass"] is None
 
 
 def test_generation_benchmark_interleaves_the_arms_and_compares_summaries(tmp_path, tiny_llama_dir, dialogsum_dir):
