@@ -2,6 +2,8 @@
 
 import random
 
+import pytest
+
 from sumlora.training.batching import length_grouped_order
 
 
@@ -36,8 +38,7 @@ def test_batches_hold_similar_lengths_so_padding_drops():
 def test_a_batch_wider_than_the_token_budget_splits_into_passes_of_whole_rows_cut_to_their_length():
     import torch
 
-    from sumlora.training.batching import PadCollator
-    from sumlora.training.trainer import split_rows
+    from sumlora.training.batching import PadCollator, split_rows
 
     lengths = [5, 3, 4, 2, 6]
     batch = PadCollator(pad_id=0)([{"input_ids": list(range(1, n + 1)), "labels": list(range(1, n + 1)), "row": i}
@@ -55,3 +56,7 @@ def test_a_batch_wider_than_the_token_budget_splits_into_passes_of_whole_rows_cu
             assert torch.equal(p[key], batch[key][rows, :width])
             assert not batch["attention_mask"][rows, width:].any()
     assert sum(int(p["attention_mask"].sum()) for p in passes) == sum(lengths)
+    # a left-padded batch would be cut through its tokens: it is refused, not split
+    left = {k: v.flip(1) if v.dim() == 2 else v for k, v in batch.items()}
+    with pytest.raises(ValueError, match="right-padded"):
+        split_rows(left, 9)

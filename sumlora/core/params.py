@@ -305,8 +305,10 @@ BOOKKEEPING = ("train.logging_steps", "train.eval_steps", "train.save_steps")
 def config_key(params: dict) -> str:
     """The configuration a run of flattened ``params`` ran: its params but the seed and those that change no score
     (the release's; how often training evaluates and saves, where no evaluation picks the adapter), as canonical
-    JSON. A param the run does not record (one added to the schema after it ran) counts as its
-    schema default, the behaviour it had before; a whole-number float is written as the int it equals (YAML's
+    JSON. A param the run does not record (one added to the schema after it ran) counts as its schema
+    default. That is the behaviour the run had only where the new param's default keeps the old behaviour
+    (``train.max_tokens_per_pass``'s does not: older runs never split a batch), which is why the sweep report
+    also keys a run by the commit it ran on. A whole-number float is written as the int it equals (YAML's
     ``32`` and the schema's ``32.0`` are one value)."""
     def canonical(v):
         return int(v) if isinstance(v, float) and v.is_integer() else [canonical(x) for x in v] if isinstance(

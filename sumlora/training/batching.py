@@ -81,3 +81,25 @@ class PadCollator:
         if all("row" in f for f in features):  # training rows carry their row number (for the statistics)
             batch["row"] = torch.tensor([f["row"] for f in features], dtype=torch.long)
         return batch
+
+
+def split_rows(inputs: dict, max_tokens: int | None) -> list[dict]:
+    """A right-padded batch (:class:`PadCollator`'s) as passes of whole rows, in row order,
+    each cut to its own longest row and holding at most ``max_tokens`` tokens with its padding (a row longer than
+    that alone); the whole batch when it fits, or with ``max_tokens`` None. Every tensor is split along its rows."""
+    mask = inputs["attention_mask"]
+    if max_tokens is None or mask.numel() <= max_tokens:
+        return [inputs]
+    lengths = mask.sum(dim=1)
+    if not torch.equal(mask.bool(), torch.arange(mask.shape[1], device=mask.device) < lengths[:, None]):
+        raise ValueError("split_rows needs right-padded rows (each attention mask ones, then zeros), "
+                         "as PadCollator builds them")
+    lengths = lengths.tolist()
+    passes: list[list[int]] = [[]]
+    for i, n in enumerate(lengths):
+        rows = passes[-1]
+        if rows and (len(rows) + 1) * max(n, *(lengths[j] for j in rows)) > max_tokens:
+            passes.append(rows := [])
+        rows.append(i)
+    return [{k: v[rows[0]:rows[-1] + 1, :max(lengths[j] for j in rows)] if v.dim() == 2 else v[rows[0]:rows[-1] + 1]
+             for k, v in inputs.items()} for rows in passes]

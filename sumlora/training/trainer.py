@@ -9,6 +9,7 @@ import torch
 from sumlora.core.params import TrainParams
 from sumlora.progress import Progress
 from sumlora.tokenizing import IGNORE_INDEX
+from sumlora.training.batching import split_rows
 from sumlora.training.checkpoints import KEEP, mark_complete
 
 
@@ -45,24 +46,6 @@ def summary_loss(model, inputs: dict, num_items_in_batch=None, per_row: bool = F
     loss = torch.nn.functional.cross_entropy(logits.float(), targets[targets != IGNORE_INDEX], reduction="sum")
     count = num_items_in_batch if num_items_in_batch is not None else keep.sum()
     return loss / count, outputs
-
-
-def split_rows(inputs: dict, max_tokens: int | None) -> list[dict]:
-    """A right-padded batch (:class:`~sumlora.training.batching.PadCollator`'s) as passes of whole rows, in row order,
-    each cut to its own longest row and holding at most ``max_tokens`` tokens with its padding (a row longer than
-    that alone); the whole batch when it fits, or with ``max_tokens`` None. Every tensor is split along its rows."""
-    mask = inputs["attention_mask"]
-    if max_tokens is None or mask.numel() <= max_tokens:
-        return [inputs]
-    lengths = mask.sum(dim=1).tolist()
-    passes: list[list[int]] = [[]]
-    for i, n in enumerate(lengths):
-        rows = passes[-1]
-        if rows and (len(rows) + 1) * max(n, *(lengths[j] for j in rows)) > max_tokens:
-            passes.append(rows := [])
-        rows.append(i)
-    return [{k: v[rows[0]:rows[-1] + 1, :max(lengths[j] for j in rows)] if v.dim() == 2 else v[rows[0]:rows[-1] + 1]
-             for k, v in inputs.items()} for rows in passes]
 
 
 def diverged(step: int, max_steps: int, value: float, learning_rate: float, which: str):
