@@ -191,6 +191,13 @@ def main(argv: list[str]) -> None:
     if unknown or "default" not in args.arms:
         raise SumloraError(f"--arms: unknown {unknown} (known: {', '.join(ARMS)})" if unknown
                              else "--arms: must include default (every ratio is to it)")
+    if args.rows == "widest":
+        from sumlora.core.params import load_params
+
+        stage_steps = load_params(args.params).train.max_steps
+        if args.steps > stage_steps:  # the widest batches are picked among the stage's own
+            raise SumloraError(f"--steps {args.steps} with --rows widest: the train stage runs {stage_steps} steps "
+                               f"(train.max_steps in {args.params}), so it has no more batches to pick from")
     if args.arm:
         atomic.write_text(args.result, json.dumps(arm(args)))
         return

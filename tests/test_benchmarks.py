@@ -63,8 +63,10 @@ def test_training_benchmark_runs_the_arms_asked_for(tmp_path, tiny_llama_dir, di
     bench(*common, "--arms", "+cheap dropout,default", "--json", str(tmp_path / "t.json"))
     r = json.loads((tmp_path / "t.json").read_text())
     assert r["arms"] == ["default", "+cheap dropout"] == [x["arm"] for x in r["runs"]] and r["eval_rows"] == 2
-    for arms, message in (("+bf16", "must include default"), ("default,+fast", "unknown ['+fast']")):
-        proc = subprocess.run([sys.executable, *common, "--arms", arms], cwd=ROOT, capture_output=True, text=True)
+    for extra, message in ((["--arms", "+bf16"], "must include default"),
+                           (["--arms", "default,+fast"], "unknown ['+fast']"),
+                           (["--rows", "widest", "--steps", "101"], "the train stage runs 100 steps")):
+        proc = subprocess.run([sys.executable, *common, *extra], cwd=ROOT, capture_output=True, text=True)
         assert proc.returncode == 1 and message in proc.stderr, proc.stderr
 
 
