@@ -3,18 +3,19 @@
     python -m sumlora.sweep_report                          # reads `dvc exp show --json` here
     python -m sumlora.sweep_report --metric rougeL --scoring all_refs --out sweep
     python -m sumlora.sweep_report --exp-show exp.json      # from a saved `dvc exp show --json`
+    python -m sumlora.sweep_report --merge earlier.json     # plus the experiments of a saved one (another clone's)
 
-Every experiment with ROUGE metrics is a row (the workspace row is left out; commits' own rows are
-kept, named by their branch or short hash), ranked by the fine-tuned model's ROUGE. Swept params are
-those whose values differ between the rows. Each row shows the gain over the stronger baseline with
-its paired bootstrap interval (``metrics/rouge.json``'s ``improvement``), the interval DVC's own
-tables cannot show. Rows scored on different splits are not comparable: the split is a column, and
-the ranking is per split (validation first). Writes ``OUT/sweep.md``, ``OUT/sweep.png``,
-``OUT/exp_show.json`` (the `dvc exp show --json` it read: the raw record) and ``OUT/seeds.json``: every
-group of two or more rows whose params differ only in ``seed`` and that ran on the same code (the commit an
-experiment is based on), with each seed's score (the seed spread the release stage's model card reports for
-the params it was trained with). Rows on different code are different runs, never seeds of one: when a sweep
-spans several commits (``--rev``), the code is a column and ``seeds.json`` lists the newest code's groups first.
+Every experiment with ROUGE metrics is a row (the workspace row is left out; commits' own rows are kept, named
+by their short hash: a branch name moves on, the commit does not), ranked by the fine-tuned model's ROUGE.
+Swept params are those whose values differ between the rows. Each row shows the gain over the stronger
+baseline with its paired bootstrap interval (``metrics/rouge.json``'s ``improvement``), the interval DVC's own
+tables cannot show. Rows scored on different splits are not comparable: the split is a column, and the ranking
+is per split (validation first). Writes ``OUT/sweep.md``, ``OUT/sweep.png``, ``OUT/exp_show.json`` (the `dvc
+exp show --json` it read: the raw record) and ``OUT/seeds.json``: every group of two or more rows whose params
+differ only in ``seed`` and that ran on the same code (the commit an experiment is based on), with each seed's
+score (the seed spread the release stage's model card reports for the params it was trained with). Rows on
+different code are different runs, never seeds of one: when a sweep spans several commits (``--rev``), the
+code is a column and ``seeds.json`` lists the newest code's groups first.
 """
 
 from __future__ import annotations
@@ -84,11 +85,36 @@ def runs(exp_show: list) -> list[dict]:
                       "rouge": rouge, "train": train})
 
     for commit in exp_show:
-        add(commit, commit.get("name") or (commit.get("data") or {}).get("meta", {}).get("name"), commit)
+        add(commit, None, commit)
         for exp in commit.get("experiments") or []:
             for rev in exp.get("revs") or []:
                 add(rev, rev.get("name"), commit)
     return found
+
+
+def merged(documents: list[list]) -> list:
+    """One ``dvc exp show --json`` document from several (e.g. a sweep run in another clone, whose experiment refs
+    this one lacks, and the experiments run here): a commit listed in more than one is one entry holding the
+    experiments of all of them, each experiment once (by its rev); the first document's entry of a commit is kept
+    for the commit's own data. A document that is not such a list is refused by name."""
+    out: list = []
+    by_rev: dict[str, dict] = {}
+    for doc in documents:
+        for commit in doc:
+            rev = (commit.get("data") or {}).get("rev") or commit.get("rev")
+            if rev == "workspace":
+                if not any(c.get("rev") == "workspace" for c in out):
+                    out.append(commit)
+                continue
+            if rev not in by_rev:
+                by_rev[rev] = {**commit, "experiments": list(commit.get("experiments") or [])}
+                out.append(by_rev[rev])
+                continue
+            have = {(r.get("data") or {}).get("rev") for e in by_rev[rev]["experiments"] for r in e.get("revs") or []}
+            by_rev[rev]["experiments"] += [e for e in commit.get("experiments") or []
+                                           if not {(r.get("data") or {}).get("rev") for r in e.get("revs") or []}
+                                           <= have]
+    return out
 
 
 def swept(rows: list[dict]) -> list[str]:
@@ -191,6 +217,10 @@ def parser():
     ap.add_argument("--metric", choices=ROUGE, default="rougeL")
     ap.add_argument("--scoring", choices=SCORINGS, default="all_refs")
     cli.input(ap, "--exp-show", help="a saved `dvc exp show --json` (default: run it here)")
+    cli.input(ap, "--merge", action="append", default=[], metavar="FILE",
+              help="also the commits and experiments of this saved `dvc exp show --json` (repeatable), e.g. a "
+                   "sweep's exp_show.json from another clone, whose experiments this one does not have; "
+                   "written into --out's exp_show.json with the rest")
     ap.add_argument("--rev", action="append", default=[], metavar="COMMIT",
                     help="show the experiments based on this commit too (dvc exp show --rev; repeatable), e.g. a "
                          "sweep queued before the last commits")
@@ -210,6 +240,14 @@ def main(argv: list[str]) -> None:
         if proc.returncode:
             raise SumloraError(f"dvc exp show --json failed here: {proc.stderr.strip()[-500:]}")
         text = json.dumps(with_detail(json.loads(proc.stdout)), indent=1)
+    if args.merge:
+        documents = [json.loads(text)]
+        for path in args.merge:
+            doc = json.loads(path.read_text())
+            if not isinstance(doc, list):
+                raise SumloraError(f"{path}: not a `dvc exp show --json` document (a list of commits)")
+            documents.append(doc)
+        text = json.dumps(merged(documents), indent=1)
     rows = runs(json.loads(text))
     if not rows:
         raise SumloraError("no experiment or commit with metrics/rouge.json in `dvc exp show` (run some first)")

@@ -45,9 +45,42 @@ def test_the_report_ranks_within_each_split_and_shows_swept_params_and_intervals
         "| 1 | r32 | validation | 32 | 0.0003 | 31.40 | +13.77 [+11.77, +16.77] | base_chat | 75 |",
         "| 2 | r8 | validation | 8 | 0.0003 | 30.50 | +12.00 [+10.00, +15.00] | base_chat | 75 |",
         "| 3 | lr6 | validation | 16 | 0.0006 | 29.00 | +11.50 [+9.50, +14.50] | base_chat | 75 |",
-        "| 1 | main | test | 16 | 0.0003 | 35.94 | +18.18 [+16.18, +21.18] | base_chat | 75 |",
-    ]  # the workspace row (99.0) is left out; test is ranked on its own, after validation
+        "| 1 | aaaaaaa | test | 16 | 0.0003 | 35.94 | +18.18 [+16.18, +21.18] | base_chat | 75 |",
+    ]  # the workspace row (99.0) is left out; test is ranked on its own, after validation; the commit's row is
+    #    named by its hash, not by the branch ("main") that pointed at it when `dvc exp show` ran
     assert (tmp_path / "out/sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_merge_adds_another_clones_experiments_each_once(tmp_path):
+    """--merge: a sweep saved in another clone (whose experiment refs this one lacks) and the experiments run
+    here are one report: the shared commit's experiments from both, an experiment in both counted once, a commit
+    only in the saved one kept; the written exp_show.json holds them all, so a later --merge of it loses none."""
+    here = [{**EXP_SHOW[1], "experiments": [
+        EXP_SHOW[1]["experiments"][0],  # r8: also in the saved sweep
+        {"revs": [rev("e" * 40, "r64", 64, 3e-4, "validation", 32.0, 14.0)]}]}]
+    older = {**rev("f" * 40, None, 16, 3e-4, "test", 34.0, 17.0),
+             "experiments": [{"revs": [rev("9" * 40, "old-r4", 4, 3e-4, "validation", 28.0, 10.0)]}]}
+    (tmp_path / "here.json").write_text(json.dumps(here))
+    (tmp_path / "saved.json").write_text(json.dumps([*EXP_SHOW, older]))
+    subprocess.run([sys.executable, "-m", "sumlora.sweep_report", "--exp-show", str(tmp_path / "here.json"),
+                    "--merge", str(tmp_path / "saved.json"), "--out", str(tmp_path / "out")],
+                   cwd=ROOT, check=True, capture_output=True)
+    names = [line.split(" | ")[1] for line in (tmp_path / "out/sweep.md").read_text().splitlines()
+             if line.startswith("| ") and not line.startswith("| rank") and not line.startswith("|---")]
+    assert sorted(names) == sorted(["r64", "r32", "r8", "lr6", "old-r4", "aaaaaaa", "fffffff"])
+    again = tmp_path / "again.json"
+    again.write_text((tmp_path / "out/exp_show.json").read_text())
+    subprocess.run([sys.executable, "-m", "sumlora.sweep_report", "--exp-show", str(again), "--merge",
+                    str(tmp_path / "saved.json"), "--out", str(tmp_path / "out2")], cwd=ROOT, check=True,
+                   capture_output=True)
+    assert (tmp_path / "out2/sweep.md").read_text() == (tmp_path / "out/sweep.md").read_text()
+
+    (tmp_path / "bad.json").write_text(json.dumps({"not": "a list"}))
+    proc = subprocess.run([sys.executable, "-m", "sumlora.sweep_report", "--exp-show", str(tmp_path / "here.json"),
+                           "--merge", str(tmp_path / "bad.json"), "--out", str(tmp_path / "out3")], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and "bad.json: not a `dvc exp show --json` document" in proc.stderr
+    assert not (tmp_path / "out3").exists()
 
 
 def test_no_rouge_metrics_is_one_clear_error(tmp_path):
@@ -107,7 +140,7 @@ def test_a_failed_experiment_and_the_releases_params_are_left_out():
     doc = [{**rev("a" * 40, "main", 16, 3e-4, "test", 35.94, 18.18),
             "experiments": [{"revs": [failed]}, {"revs": [old]}, {"revs": [new]}]}]
     rows = runs(doc)
-    assert [r["name"] for r in rows] == ["main", "old", "new"]
+    assert [r["name"] for r in rows] == ["aaaaaaa", "old", "new"]
     assert swept(rows) == []
 
 

@@ -99,7 +99,8 @@ def parse(ap, argv: list[str]):
 
     args = ap.parse_args(argv)
     specs = ap.sumlora_paths
-    values = [(s, getattr(args, s.dest)) for s in specs]
+    values = [(s, v) for s in specs  # a repeatable path option (action="append"): each of its paths
+              for v in (getattr(args, s.dest) if isinstance(getattr(args, s.dest), list) else [getattr(args, s.dest)])]
     command = args._command
     outputs.check([(s, v) for s, v in values if s.role == "output" and v is not None],
                   [(s, v) for s, v in values if s.role == "input" and v is not None],
