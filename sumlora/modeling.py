@@ -228,12 +228,32 @@ def attach_adapter(model, adapter_dir: str | Path, base_dir: str | Path):
                          f"trained on another base); use the base it was trained on") from None
 
 
+SET_FIELDS = ("target_modules", "exclude_modules")  # peft holds these as sets and saves them in hash order
+
+
+def canonical_adapter_config(directory: Path) -> None:
+    """Rewrite ``directory``'s adapter_config.json (if any) with its set-valued fields sorted. peft saves a set in
+    the iteration order of the process's string hashes, which Python randomizes per process, so the same adapter
+    trained twice would differ in this file alone: a new md5 for DVC, the stages after it rerun for nothing, and
+    another copy of the same weights in the cache and on the remote."""
+    path = directory / "adapter_config.json"
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text())
+    for key in SET_FIELDS:
+        if isinstance(config.get(key), list):
+            config[key] = sorted(config[key])
+    atomic.write_json(path, config)
+
+
 def write_model_dir(out_dir: str | Path, model, tokenizer, template, info_file: str, info: dict) -> None:
     """Write ``out_dir`` whole (safetensors weights, tokenizer, prompt template, an info file): a new
-    directory replaces the old one only once complete. A failed write names ``out_dir``."""
+    directory replaces the old one only once complete, the same bytes for the same model
+    (:func:`canonical_adapter_config`). A failed write names ``out_dir``."""
     try:
         with atomic.output_dir(out_dir) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
+            canonical_adapter_config(tmp)
             tokenizer.save_pretrained(tmp)
             template.save(tmp)
             atomic.write_json(tmp / info_file, info)

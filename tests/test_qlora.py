@@ -326,3 +326,41 @@ def test_lora_layers_get_cheap_dropout_with_the_params_p(tiny_llama_dir, params)
     assert {type(d) for d in dropouts(plain)} == {torch.nn.Dropout}
     params.lora.dropout = 0.0
     assert {type(d) for d in dropouts(prepare_qlora_model(tiny_llama_dir, params)[0])} == {torch.nn.Identity}
+
+
+SAVE_ADAPTER = """
+import sys
+from pathlib import Path
+from sumlora.core import outputs
+from sumlora.core.params import load_params
+from sumlora.lora import prepare_qlora_model
+from sumlora.modeling import write_model_dir
+from sumlora.prompt import DEFAULT
+params = load_params(sys.argv[3])
+params.model.compute_dtype, params.train.dequantize_base = "float32", False
+model, tok = prepare_qlora_model(sys.argv[1], params)
+outputs.allow(Path(sys.argv[2]))
+write_model_dir(sys.argv[2], model, tok, DEFAULT, "info.json", {})
+"""
+
+
+def test_the_same_adapter_is_the_same_bytes_whatever_the_hash_seed(tiny_llama_dir, tmp_path):
+    """peft keeps target_modules as a set and saves it in the order of the process's string hashes (random per
+    process): without sorting, the same adapter saved by two runs would differ in adapter_config.json, and DVC would
+    rerun every stage after training. Saved by processes with different hash seeds, the bytes are the same."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    config = {}
+    for seed in ("1", "2", "3"):
+        out = tmp_path / f"adapter-{seed}"
+        subprocess.run([sys.executable, "-c", SAVE_ADAPTER, str(tiny_llama_dir), str(out), str(ROOT / "params.yaml")],
+                       cwd=ROOT, check=True, capture_output=True, env={**os.environ, "PYTHONHASHSEED": seed})
+        config[seed] = (out / "adapter_config.json").read_bytes()
+    assert len(set(config.values())) == 1
+    modules = json.loads(config["1"])["target_modules"]
+    assert modules == sorted(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
