@@ -96,7 +96,7 @@ def merged(documents: list[list]) -> list:
     """One ``dvc exp show --json`` document from several (e.g. a sweep run in another clone, whose experiment refs
     this one lacks, and the experiments run here): a commit listed in more than one is one entry holding the
     experiments of all of them, each experiment once (by its rev); the first document's entry of a commit is kept
-    for the commit's own data. A document that is not such a list is refused by name."""
+    for the commit's own data."""
     out: list = []
     by_rev: dict[str, dict] = {}
     for doc in documents:
@@ -212,6 +212,18 @@ def figure(rows: list[dict], scoring: str, metric: str, path: Path) -> None:
     plt.close(fig)
 
 
+def read_exp_show(path: Path) -> list:
+    """A saved ``dvc exp show --json``; a file that is not JSON (where it breaks) or not a list of commits is an
+    error naming it."""
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise SumloraError(f"{path}: line {e.lineno}, column {e.colno}: not JSON ({e.msg})") from None
+    if not isinstance(doc, list):
+        raise SumloraError(f"{path}: not a `dvc exp show --json` document (a list of commits)")
+    return doc
+
+
 def parser():
     ap = cli.parser("sumlora.sweep_report", __doc__)
     ap.add_argument("--metric", choices=ROUGE, default="rougeL")
@@ -232,7 +244,7 @@ def parser():
 def main(argv: list[str]) -> None:
     args = cli.parse(parser(), argv)
     if args.exp_show:
-        text = args.exp_show.read_text()
+        text = json.dumps(read_exp_show(args.exp_show), indent=1)
     else:
         revs = [x for r in args.rev for x in ("--rev", r)]
         proc = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json", *revs], capture_output=True,
@@ -241,12 +253,7 @@ def main(argv: list[str]) -> None:
             raise SumloraError(f"dvc exp show --json failed here: {proc.stderr.strip()[-500:]}")
         text = json.dumps(with_detail(json.loads(proc.stdout)), indent=1)
     if args.merge:
-        documents = [json.loads(text)]
-        for path in args.merge:
-            doc = json.loads(path.read_text())
-            if not isinstance(doc, list):
-                raise SumloraError(f"{path}: not a `dvc exp show --json` document (a list of commits)")
-            documents.append(doc)
+        documents = [json.loads(text), *(read_exp_show(path) for path in args.merge)]
         text = json.dumps(merged(documents), indent=1)
     rows = runs(json.loads(text))
     if not rows:

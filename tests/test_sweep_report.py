@@ -80,6 +80,14 @@ def test_merge_adds_another_clones_experiments_each_once(tmp_path):
                            "--merge", str(tmp_path / "bad.json"), "--out", str(tmp_path / "out3")], cwd=ROOT,
                           capture_output=True, text=True)
     assert proc.returncode == 1 and "bad.json: not a `dvc exp show --json` document" in proc.stderr
+    (tmp_path / "broken.json").write_text('[\n {"rev": "workspace",\n')
+    for flag in ("--merge", "--exp-show"):
+        argv = ["--exp-show", str(tmp_path / "here.json"), "--merge", str(tmp_path / "broken.json")] \
+            if flag == "--merge" else ["--exp-show", str(tmp_path / "broken.json")]
+        proc = subprocess.run([sys.executable, "-m", "sumlora.sweep_report", *argv, "--out", str(tmp_path / "out3")],
+                              cwd=ROOT, capture_output=True, text=True)
+        assert proc.returncode == 1 and "broken.json: line 3, column 1: not JSON" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
     assert not (tmp_path / "out3").exists()
 
 
