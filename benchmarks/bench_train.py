@@ -23,7 +23,10 @@ peaks measured before each.
   GPU CheapDropout is torch's dropout, so there this arm is the default again.
 - ``+bf16+dequantized``: those two; ``+bf16+dequantized+cheap dropout``: ``auto``'s choices on a CPU with native
   bfloat16; ``+bf16+dequantized+cheap dropout+split passes``: what the train stage runs there, a batch wider than
-  ``train.max_tokens_per_pass`` tokens run as passes of fewer rows (the other arms run one pass per batch).
+  ``train.max_tokens_per_pass`` tokens run as passes of fewer rows (the other arms run one pass per batch);
+  ``+bf16+dequantized+no dropout+split passes``: the same with ``lora.dropout: 0.0`` (no dropout layer at all).
+  Every other arm trains with the tutorial's LoRA dropout of 0.05, whatever params.yaml says, so that the
+  dropout levers compare the same thing.
 
 ``--rows first`` (the default) trains on the first rows the train stage feeds; ``--rows widest`` on its widest
 batches (the most tokens with padding), widest first: where memory peaks, and where splitting acts.
@@ -45,13 +48,15 @@ from benchmarks.common import arm_parser, device, load_rows, machine, peak_memor
 from sumlora.core import atomic, cli
 from sumlora.core.errors import SumloraError
 
-SETTINGS = {  # arm: (model.compute_dtype, train.dequantize_base, train.attention, cheap LoRA dropout, split passes)
-    "tutorial": ("float32", False, "sdpa", False, False), "default": ("float32", False, "sdpa", False, False),
-    "+bf16": ("bfloat16", False, "sdpa", False, False), "+dequantized": ("float32", True, "sdpa", False, False),
-    "+eager": ("float32", False, "eager", False, False), "+cheap dropout": ("float32", False, "sdpa", True, False),
-    "+bf16+dequantized": ("bfloat16", True, "sdpa", False, False),
-    "+bf16+dequantized+cheap dropout": ("bfloat16", True, "sdpa", True, False),
-    "+bf16+dequantized+cheap dropout+split passes": ("bfloat16", True, "sdpa", True, True)}
+SETTINGS = {  # arm: (model.compute_dtype, train.dequantize_base, train.attention, LoRA dropout, split passes)
+    "tutorial": ("float32", False, "sdpa", "torch", False), "default": ("float32", False, "sdpa", "torch", False),
+    "+bf16": ("bfloat16", False, "sdpa", "torch", False), "+dequantized": ("float32", True, "sdpa", "torch", False),
+    "+eager": ("float32", False, "eager", "torch", False), "+cheap dropout": ("float32", False, "sdpa", "cheap", False),
+    "+bf16+dequantized": ("bfloat16", True, "sdpa", "torch", False),
+    "+bf16+dequantized+cheap dropout": ("bfloat16", True, "sdpa", "cheap", False),
+    "+bf16+dequantized+cheap dropout+split passes": ("bfloat16", True, "sdpa", "cheap", True),
+    "+bf16+dequantized+no dropout+split passes": ("bfloat16", True, "sdpa", "none", True)}
+TUTORIAL_DROPOUT = 0.05  # LoRA dropout of the tutorial's recipe, and of every arm but the one without dropout
 ARMS = tuple(SETTINGS)
 
 
@@ -105,7 +110,9 @@ def arm(args) -> dict:
     from sumlora.training.trainer import trainer_class, training_arguments
 
     params = load_params(args.params)
-    dtype, dequantize, attention, cheap_dropout, split = SETTINGS[args.arm]
+    dtype, dequantize, attention, dropout, split = SETTINGS[args.arm]
+    cheap_dropout = dropout == "cheap"
+    params.lora.dropout = 0.0 if dropout == "none" else TUTORIAL_DROPOUT
     params.model.compute_dtype = dtype if device() == "cpu" else "bfloat16"
     params.train.dequantize_base, params.train.attention = dequantize, attention
     tp = params.train
@@ -164,7 +171,7 @@ def arm(args) -> dict:
         seconds = time.perf_counter() - start
     vrows = load_rows(args.data, "validation", args.eval_rows)
     return {"arm": args.arm, "compute_dtype": params.model.compute_dtype, "dequantized": dequantize_base(params),
-            "attention": attention, "cheap_dropout": cheap_dropout,
+            "attention": attention, "cheap_dropout": cheap_dropout, "lora_dropout": params.lora.dropout,
             "max_tokens_per_pass": tp.max_tokens_per_pass if split else None, "passes": Counting.passes,
             "seconds": seconds, "steps": args.steps, "rows": len(ds), "real_tokens": Counting.real,
             "padding_fraction": round(1 - Counting.real / Counting.padded, 4), "tokens_per_s": Counting.real / seconds,

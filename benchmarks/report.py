@@ -66,6 +66,14 @@ def _passes(run: dict) -> str:
     return f"{run['passes']} of at most {run['max_tokens_per_pass']} tokens"
 
 
+def _dropout(run: dict) -> str:
+    """A training arm's LoRA dropout: none, CheapDropout's or torch's (runs before the no-dropout arm existed
+    recorded no ``lora_dropout``: they all trained with dropout)."""
+    if run.get("lora_dropout") == 0:
+        return "none"
+    return "cheap" if run.get("cheap_dropout") else "torch"
+
+
 def train_table(result: dict) -> str:
     """Real tokens/s of each arm (median and range), its ratio to today's default and to the tutorial's recipe
     (medians of per-repeat ratios), the fraction of the float32 and bfloat16 matmul peaks measured before the
@@ -84,7 +92,7 @@ def train_table(result: dict) -> str:
         bf16 = statistics.median(f / r["bf16_matmul_gflops"] for f, r in zip(flops, runs))
         lines.append(f"| {a} | {runs[0]['compute_dtype']} "
                      f"| {'de-quantized once' if runs[0]['dequantized'] else '4-bit, de-quantized per pass'} "
-                     f"| {runs[0]['attention']} | {'cheap' if runs[0].get('cheap_dropout') else 'torch'} "
+                     f"| {runs[0]['attention']} | {_dropout(runs[0])} "
                      f"| {_passes(runs[0])} | {_spread([r['tokens_per_s'] for r in runs], '.0f')} "
                      + "".join(f"| **{statistics.median(v):.2f}x** ({min(v):.2f}-{max(v):.2f}) "
                                for v in ratio.values())

@@ -27,10 +27,13 @@ def test_training_benchmark_runs_each_lever_alone_and_together_interleaved(tmp_p
                 "--steps", "2", "--eval-rows", "3", "--repeats", "1", "--json", str(tmp_path / "t.json"))
     r = json.loads((tmp_path / "t.json").read_text())
     arms = ["tutorial", "default", "+bf16", "+dequantized", "+eager", "+cheap dropout", "+bf16+dequantized",
-            "+bf16+dequantized+cheap dropout", "+bf16+dequantized+cheap dropout+split passes"]
+            "+bf16+dequantized+cheap dropout", "+bf16+dequantized+cheap dropout+split passes",
+            "+bf16+dequantized+no dropout+split passes"]
     assert [x["arm"] for x in r["runs"]] == arms
     run = {x["arm"]: x for x in r["runs"]}
-    assert [a for a in arms if run[a]["max_tokens_per_pass"] is not None] == arms[-1:]
+    assert [a for a in arms if run[a]["max_tokens_per_pass"] is not None] == arms[-2:]
+    # the tutorial's LoRA dropout in every arm but the last, whatever params.yaml says
+    assert [run[a]["lora_dropout"] for a in arms] == [0.05] * (len(arms) - 1) + [0.0]
     assert (run["tutorial"]["batch"], run["tutorial"]["checkpointing"]) == ("1 x 4", True)  # the tutorial's recipe
     assert (run["default"]["batch"], run["default"]["checkpointing"]) == ("2 x 2", False)  # params.yaml's
     settings = {a: (run[a]["compute_dtype"], run[a]["dequantized"], run[a]["attention"], run[a]["cheap_dropout"])
@@ -41,7 +44,8 @@ def test_training_benchmark_runs_each_lever_alone_and_together_interleaved(tmp_p
                         "+cheap dropout": ("float32", False, "sdpa", True),
                         "+bf16+dequantized": ("bfloat16", True, "sdpa", False),
                         "+bf16+dequantized+cheap dropout": ("bfloat16", True, "sdpa", True),
-                        "+bf16+dequantized+cheap dropout+split passes": ("bfloat16", True, "sdpa", True)}
+                        "+bf16+dequantized+cheap dropout+split passes": ("bfloat16", True, "sdpa", True),
+                        "+bf16+dequantized+no dropout+split passes": ("bfloat16", True, "sdpa", False)}
     assert {x["rows"] for x in r["runs"]} == {8}  # same effective batch, same rows
     assert len({x["real_tokens"] for x in r["runs"]}) == 1  # the same text, each row once
     assert run["tutorial"]["padding_fraction"] == 0  # batch 1 never pads

@@ -61,6 +61,9 @@ def test_train_table_of_some_arms_has_no_tutorial_column():
            "| 100% | 50% | 7 | 1.5090 |" in table, table  # 250 tokens/s x 4 x 1e6 FLOP = 1 GFLOP/s: of 1.0 and 2.0
     assert "`fast`, **2.50x** the default's real tokens/s (goal >= 2x: met)" in table
     assert "one run of each arm" in table and "after training, on the first 40 validation rows." in table
+    # an arm trained without LoRA dropout says so, whatever its dropout kind
+    bare = {**result, "runs": [run("default", 100, 1.5), {**run("fast", 250, 1.5), "lora_dropout": 0.0}]}
+    assert "| fast | float32 | 4-bit, de-quantized per pass | sdpa | none | one per batch |" in train_table(bare)
 
 
 def test_eval_speed_is_the_baseline_time_over_the_arms():
