@@ -71,6 +71,8 @@ def tiny_params(model_dir: Path) -> dict:
     p["generate"]["dequantize"] = "float32"
     # each tiny architecture's own LoRA targets: params.yaml names Llama's linear layers, the tiny Phi has others
     p["lora"]["target_modules"] = None
+    # LoRA dropout on: training draws random numbers at every step, which resuming and evaluating must not disturb
+    p["lora"]["dropout"] = 0.05
     return p
 
 

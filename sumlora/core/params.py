@@ -86,7 +86,7 @@ class TokenizeParams:
 class LoraParams:
     r: int = 16
     alpha: float = 32.0
-    dropout: float = 0.05
+    dropout: float = 0.0
     target_modules: list[str] | None = None
 
     def check(self):
