@@ -22,9 +22,11 @@ peaks measured before each.
   the same distribution, another random stream), as the train stage does; the other arms use torch's dropout. On a
   GPU CheapDropout is torch's dropout, so there this arm is the default again.
 - ``+bf16+dequantized``: those two; ``+bf16+dequantized+cheap dropout``: ``auto``'s choices on a CPU with native
-  bfloat16; ``+bf16+dequantized+cheap dropout+split passes``: what the train stage runs there, a batch wider than
-  ``train.max_tokens_per_pass`` tokens run as passes of fewer rows (the other arms run one pass per batch);
-  ``+bf16+dequantized+no dropout+split passes``: the same with ``lora.dropout: 0.0`` (no dropout layer at all).
+  bfloat16; ``+bf16+dequantized+cheap dropout+split passes``: what the train stage ran there with LoRA dropout, a
+  batch wider than ``train.max_tokens_per_pass`` tokens run as passes of fewer rows (the other arms run one pass per
+  batch);
+  ``+bf16+dequantized+no dropout+split passes``: what it runs with the default ``lora.dropout: 0.0`` (no dropout
+  layer at all).
   Every other arm trains with the tutorial's LoRA dropout of 0.05, whatever params.yaml says, so that the
   dropout levers compare the same thing.
 
