@@ -26,7 +26,9 @@ peaks measured before each.
   batch wider than ``train.max_tokens_per_pass`` tokens run as passes of fewer rows (the other arms run one pass per
   batch);
   ``+bf16+dequantized+no dropout+split passes``: what it runs with the default ``lora.dropout: 0.0`` (no dropout
-  layer at all).
+  layer at all); ``...+compiled blocks``: that with ``train.compile_blocks: true``, the transformer blocks
+  compiled by torch.compile (:func:`sumlora.lora.compile_block_modules`), the time counted including compiling
+  them at the first pass, from an empty kernel cache as on a fresh machine.
   Every other arm trains with the tutorial's LoRA dropout of 0.05, whatever params.yaml says, so that the
   dropout levers compare the same thing.
 
@@ -43,6 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import tempfile
 import time
 
@@ -50,14 +53,19 @@ from benchmarks.common import arm_parser, device, load_rows, machine, peak_memor
 from sumlora.core import atomic, cli
 from sumlora.core.errors import SumloraError
 
-SETTINGS = {  # arm: (model.compute_dtype, train.dequantize_base, train.attention, LoRA dropout, split passes)
-    "tutorial": ("float32", False, "sdpa", "torch", False), "default": ("float32", False, "sdpa", "torch", False),
-    "+bf16": ("bfloat16", False, "sdpa", "torch", False), "+dequantized": ("float32", True, "sdpa", "torch", False),
-    "+eager": ("float32", False, "eager", "torch", False), "+cheap dropout": ("float32", False, "sdpa", "cheap", False),
-    "+bf16+dequantized": ("bfloat16", True, "sdpa", "torch", False),
-    "+bf16+dequantized+cheap dropout": ("bfloat16", True, "sdpa", "cheap", False),
-    "+bf16+dequantized+cheap dropout+split passes": ("bfloat16", True, "sdpa", "cheap", True),
-    "+bf16+dequantized+no dropout+split passes": ("bfloat16", True, "sdpa", "none", True)}
+SETTINGS = {  # arm: (model.compute_dtype, train.dequantize_base, train.attention, LoRA dropout, split passes,
+    #                train.compile_blocks)
+    "tutorial": ("float32", False, "sdpa", "torch", False, False),
+    "default": ("float32", False, "sdpa", "torch", False, False),
+    "+bf16": ("bfloat16", False, "sdpa", "torch", False, False),
+    "+dequantized": ("float32", True, "sdpa", "torch", False, False),
+    "+eager": ("float32", False, "eager", "torch", False, False),
+    "+cheap dropout": ("float32", False, "sdpa", "cheap", False, False),
+    "+bf16+dequantized": ("bfloat16", True, "sdpa", "torch", False, False),
+    "+bf16+dequantized+cheap dropout": ("bfloat16", True, "sdpa", "cheap", False, False),
+    "+bf16+dequantized+cheap dropout+split passes": ("bfloat16", True, "sdpa", "cheap", True, False),
+    "+bf16+dequantized+no dropout+split passes": ("bfloat16", True, "sdpa", "none", True, False),
+    "+bf16+dequantized+no dropout+split passes+compiled blocks": ("bfloat16", True, "sdpa", "none", True, True)}
 TUTORIAL_DROPOUT = 0.05  # LoRA dropout of the tutorial's recipe, and of every arm but the one without dropout
 ARMS = tuple(SETTINGS)
 
@@ -89,7 +97,9 @@ def validation_loss(model, tok, rows: list[dict], compute_dtype: str, batch_size
     model.eval()
     dev = next(model.parameters()).device
     bf16 = compute_dtype == "bfloat16"
-    with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+    # compiled blocks run uncompiled here, as in the train stage's validation passes
+    with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16), \
+            torch.compiler.set_stance("force_eager"):
         for i in range(0, len(rows), batch_size):
             b = collate([encode_example(tok, DEFAULT, r["dialogue"], r["summary"]) for r in rows[i:i + batch_size]])
             b = {k: v.to(dev) for k, v in b.items()}
@@ -112,11 +122,15 @@ def arm(args) -> dict:
     from sumlora.training.trainer import trainer_class, training_arguments
 
     params = load_params(args.params)
-    dtype, dequantize, attention, dropout, split = SETTINGS[args.arm]
+    dtype, dequantize, attention, dropout, split, compiled = SETTINGS[args.arm]
     cheap_dropout = dropout == "cheap"
     params.lora.dropout = 0.0 if dropout == "none" else TUTORIAL_DROPOUT
     params.model.compute_dtype = dtype if device() == "cpu" else "bfloat16"
     params.train.dequantize_base, params.train.attention = dequantize, attention
+    params.train.compile_blocks = compiled
+    if compiled:  # compile from scratch, as a fresh clone does: not from kernels an earlier run left in torch's cache
+        kernels = tempfile.TemporaryDirectory(prefix="bench-train-inductor-")  # removed when the arm's process ends
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = kernels.name
     tp = params.train
     stage_steps, stage_batch = tp.max_steps, tp.batch_size  # the train stage's run, whose order the rows come from
     tp.max_steps, tp.warmup_steps = args.steps, 0
@@ -173,7 +187,8 @@ def arm(args) -> dict:
         seconds = time.perf_counter() - start
     vrows = load_rows(args.data, "validation", args.eval_rows)
     return {"arm": args.arm, "compute_dtype": params.model.compute_dtype, "dequantized": dequantize_base(params),
-            "attention": attention, "cheap_dropout": cheap_dropout, "lora_dropout": params.lora.dropout,
+            "attention": attention, "compiled_blocks": compiled, "cheap_dropout": cheap_dropout,
+            "lora_dropout": params.lora.dropout,
             "max_tokens_per_pass": tp.max_tokens_per_pass if split else None, "passes": Counting.passes,
             "seconds": seconds, "steps": args.steps, "rows": len(ds), "real_tokens": Counting.real,
             "padding_fraction": round(1 - Counting.real / Counting.padded, 4), "tokens_per_s": Counting.real / seconds,

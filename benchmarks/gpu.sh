@@ -8,7 +8,7 @@
 #
 # Env: MODEL (a model directory to use instead of building one), DATA (DialogSum JSONL dir, default ../shared/dialogsum), PYTHON (default .venv/bin/python),
 # STEPS (optimizer steps per training arm, default 10), DIALOGUES (default 32), NEW_TOKENS (default 100),
-# REPEATS (interleaved runs of each arm, default 3).
+# REPEATS (interleaved runs of each arm, default 3), TRAIN_ARMS (comma-separated training arms, default all).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-benchmarks/results/gpu}
@@ -24,6 +24,6 @@ if [ -z "$MODEL" ]; then
   "$PY" -m benchmarks.common random-model "$SIZE" "$MODEL" ${TOKENIZER:+"$TOKENIZER"}
 fi
 "$PY" -m benchmarks.bench_train --base "$MODEL" --data "$DATA" --steps "${STEPS:-10}" --eval-rows 8 --repeats "${REPEATS:-3}" \
-  --json "$OUT/train.json" | tee "$OUT/train.md"
+  ${TRAIN_ARMS:+--arms "$TRAIN_ARMS"} --json "$OUT/train.json" | tee "$OUT/train.md"
 "$PY" -m benchmarks.bench_generate --base "$MODEL" --adapter '' --data "$DATA" --dialogues "${DIALOGUES:-32}" --new-tokens "${NEW_TOKENS:-100}" --repeats "${REPEATS:-3}" \
   --json "$OUT/generate.json" | tee "$OUT/generate.md"

@@ -81,9 +81,9 @@ def train_table(result: dict) -> str:
     arms = _by_arm(result)
     rate = {a: {r["repeat"]: r["tokens_per_s"] for r in runs} for a, runs in arms.items()}
     refs = [ref for ref in ("default", "tutorial") if ref in arms]
-    lines = ["| arm | compute | base weights | attention | LoRA dropout | passes | real tokens / s | "
+    lines = ["| arm | compute | base weights | attention | LoRA dropout | passes | blocks | real tokens / s | "
              + "".join(f"vs {ref} | " for ref in refs) + "of fp32 peak | of bf16 peak | peak RSS MiB | val. loss |",
-             "|---|---|---|---|---|---|---:|" + "---:|" * len(refs) + "---:|---:|---:|---:|"]
+             "|---|---|---|---|---|---|---|---:|" + "---:|" * len(refs) + "---:|---:|---:|---:|"]
     for a, runs in arms.items():
         ratio = {ref: [rate[a][k] / rate[ref][k] for k in rate[a]] for ref in refs}
         mem = "peak_gpu_mb" if "peak_gpu_mb" in runs[0] else "peak_rss_mb"
@@ -93,7 +93,8 @@ def train_table(result: dict) -> str:
         lines.append(f"| {a} | {runs[0]['compute_dtype']} "
                      f"| {'de-quantized once' if runs[0]['dequantized'] else '4-bit, de-quantized per pass'} "
                      f"| {runs[0]['attention']} | {_dropout(runs[0])} "
-                     f"| {_passes(runs[0])} | {_spread([r['tokens_per_s'] for r in runs], '.0f')} "
+                     f"| {_passes(runs[0])} | {'compiled' if runs[0].get('compiled_blocks') else 'not compiled'} "
+                     f"| {_spread([r['tokens_per_s'] for r in runs], '.0f')} "
                      + "".join(f"| **{statistics.median(v):.2f}x** ({min(v):.2f}-{max(v):.2f}) "
                                for v in ratio.values())
                      + f"| {fp32:.0%} | {bf16:.0%} | {max(r[mem] for r in runs)} "

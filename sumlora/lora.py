@@ -54,6 +54,40 @@ def dequantize_base(params: Params) -> bool:
     return bool(choice) and params.model.load_in_4bit
 
 
+def cpp_compiler() -> str | None:
+    """The C++ compiler torch.compile's CPU backend (inductor) would build its kernels with, or None if there is
+    none (it looks at ``CXX``, then g++ and clang++ on the PATH)."""
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        return get_cpp_compiler()
+    except Exception:  # inductor raises its own InvalidCxxCompiler (or an OSError) when it finds none
+        return None
+
+
+def compile_block_modules(model) -> int:
+    """Compile every transformer block of ``model`` (the classes its ``_no_split_modules`` names, LoRA layers
+    inside) with torch.compile, shapes dynamic: the blocks run the same code, so they share their compiled
+    graphs, built at the first passes, in which the element-wise work between the matmuls (norms, rotary
+    embedding, SiLU, casts, the LoRA sums) runs as fused kernels. Compiled in place: parameter names, the
+    adapter saved and checkpoints are unchanged (``train.compile_blocks``; off by default: over the default's
+    100 steps on a 2-core CPU, training so was no faster, the compile counted: BENCHMARKS.md, training).
+    Returns how many blocks; raises where there are none, or no C++ compiler."""
+    from sumlora.core.errors import ModelError
+
+    if not torch.cuda.is_available() and cpp_compiler() is None:
+        raise ModelError("train.compile_blocks: true needs a C++ compiler to build the CPU kernels, and none was "
+                         "found (set CXX, or install g++); or set train.compile_blocks: false")
+    names = set(getattr(model, "_no_split_modules", None) or ())
+    blocks = [m for m in model.modules() if type(m).__name__ in names]
+    if not blocks:
+        raise ModelError(f"train.compile_blocks: no transformer blocks found in {type(model).__name__} (its "
+                         "_no_split_modules names none); set train.compile_blocks: false")
+    for block in blocks:
+        block.compile(dynamic=True)
+    return len(blocks)
+
+
 class CheapDropout(torch.nn.Dropout):
     """``nn.Dropout`` with the mask drawn from a quarter of the random numbers on CPU: each 64-bit draw of the
     generator gives four 16-bit uniforms, and an element is dropped where its uniform falls below ``p`` (so ``p``
@@ -96,7 +130,8 @@ def return_input_dtype(model) -> None:
 
 def prepare_qlora_model(base_dir, params: Params, cheap_dropout: bool = True):
     """Base model (4-bit when configured) prepared for k-bit training, with fresh LoRA layers (seeded).
-    Takes the whole params: it needs the model, lora and seed values and train.gradient_checkpointing.
+    Takes the whole params: it needs the model, lora and seed values and train.gradient_checkpointing,
+    dequantize_base and compile_blocks.
 
     With :func:`dequantize_base`, the 4-bit layers are replaced once by plain Linear layers holding their NF4
     weights de-quantized to the compute dtype: the same numbers QLoRA's 4-bit layers compute with at every pass
@@ -127,4 +162,7 @@ def prepare_qlora_model(base_dir, params: Params, cheap_dropout: bool = True):
     model = get_peft_model(model, lora_config(params.lora, model.config.model_type))
     if cheap_dropout:
         cheap_lora_dropout(model)
+    if params.train.compile_blocks:
+        n = compile_block_modules(model.base_model.model)
+        print(f"train.compile_blocks: the {n} transformer blocks are compiled at the first training pass")
     return model, tok

@@ -28,12 +28,14 @@ def test_training_benchmark_runs_each_lever_alone_and_together_interleaved(tmp_p
     r = json.loads((tmp_path / "t.json").read_text())
     arms = ["tutorial", "default", "+bf16", "+dequantized", "+eager", "+cheap dropout", "+bf16+dequantized",
             "+bf16+dequantized+cheap dropout", "+bf16+dequantized+cheap dropout+split passes",
-            "+bf16+dequantized+no dropout+split passes"]
+            "+bf16+dequantized+no dropout+split passes", "+bf16+dequantized+no dropout+split passes+compiled blocks"]
     assert [x["arm"] for x in r["runs"]] == arms
     run = {x["arm"]: x for x in r["runs"]}
-    assert [a for a in arms if run[a]["max_tokens_per_pass"] is not None] == arms[-2:]
-    # the tutorial's LoRA dropout in every arm but the last, whatever params.yaml says
-    assert [run[a]["lora_dropout"] for a in arms] == [0.05] * (len(arms) - 1) + [0.0]
+    assert [a for a in arms if run[a]["max_tokens_per_pass"] is not None] == arms[-3:]
+    # the tutorial's LoRA dropout in every arm but the last two, whatever params.yaml says
+    assert [run[a]["lora_dropout"] for a in arms] == [0.05] * (len(arms) - 2) + [0.0, 0.0]
+    # only the last arm compiles its blocks, whatever params.yaml's train.compile_blocks says
+    assert [a for a in arms if run[a]["compiled_blocks"]] == arms[-1:]
     assert (run["tutorial"]["batch"], run["tutorial"]["checkpointing"]) == ("1 x 4", True)  # the tutorial's recipe
     assert (run["default"]["batch"], run["default"]["checkpointing"]) == ("2 x 2", False)  # params.yaml's
     settings = {a: (run[a]["compute_dtype"], run[a]["dequantized"], run[a]["attention"], run[a]["cheap_dropout"])
@@ -45,7 +47,9 @@ def test_training_benchmark_runs_each_lever_alone_and_together_interleaved(tmp_p
                         "+bf16+dequantized": ("bfloat16", True, "sdpa", False),
                         "+bf16+dequantized+cheap dropout": ("bfloat16", True, "sdpa", True),
                         "+bf16+dequantized+cheap dropout+split passes": ("bfloat16", True, "sdpa", True),
-                        "+bf16+dequantized+no dropout+split passes": ("bfloat16", True, "sdpa", False)}
+                        "+bf16+dequantized+no dropout+split passes": ("bfloat16", True, "sdpa", False),
+                        "+bf16+dequantized+no dropout+split passes+compiled blocks": ("bfloat16", True, "sdpa",
+                                                                                       False)}
     assert {x["rows"] for x in r["runs"]} == {8}  # same effective batch, same rows
     assert len({x["real_tokens"] for x in r["runs"]}) == 1  # the same text, each row once
     assert run["tutorial"]["padding_fraction"] == 0  # batch 1 never pads
@@ -170,11 +174,15 @@ def test_serving_benchmark_runs_both_schedulers_idle_and_mixed_interleaved(tmp_p
 
 def test_gpu_check_runs_on_cpu_with_a_tiny_phi(tmp_path, dialogsum_dir):
     """scripts/gpu_check.sh at toy size: the pipeline through dvc repro with the GPU params, training killed after
-    its first checkpoint and resumed, then benchmarks/gpu.sh on the same model."""
+    its first checkpoint and resumed, then benchmarks/gpu.sh on the same model: three of its training arms (the
+    tutorial's, the default, and the one compiling the blocks, here Phi's; every arm runs in
+    test_training_benchmark_runs_each_lever_alone_and_together_interleaved)."""
     script = "import subprocess, sys; sys.exit(subprocess.call(['bash', 'scripts/gpu_check.sh', sys.argv[1]]))"
+    arms = ["tutorial", "default", ARMS[-1]]
     out = bench("-c", script, str(tmp_path / "gpu"),
                 env={"SIZE": "tiny-phi", "DATA": str(dialogsum_dir), "STEPS": "6", "DIALOGUES": "2",
-                     "NEW_TOKENS": "10", "BENCH_STEPS": "1", "REPEATS": "1", "PYTHON": sys.executable})
+                     "NEW_TOKENS": "10", "BENCH_STEPS": "1", "REPEATS": "1", "PYTHON": sys.executable,
+                     "TRAIN_ARMS": ",".join(arms)})
     summary = (tmp_path / "gpu/summary.txt").read_text().splitlines()
     assert [line.split(":")[0] for line in summary] == ["PASS  1 model", "PASS  2 pipeline", "PASS  3 resume",
                                                          "PASS  4 benchmark"], out
@@ -194,6 +202,7 @@ def test_gpu_check_runs_on_cpu_with_a_tiny_phi(tmp_path, dialogsum_dir):
     assert info["model_type"] == "phi" and info["source"] == "random-tiny-phi"
     train = json.loads((tmp_path / "gpu/bench/train.json").read_text())
     gen = json.loads((tmp_path / "gpu/bench/generate.json").read_text())
-    assert {x["rows"] for x in train["runs"]} == {4} and [x["arm"] for x in train["runs"]] == list(ARMS)  # once each
+    assert {x["rows"] for x in train["runs"]} == {4} and [x["arm"] for x in train["runs"]] == arms  # once each
+    assert [x["compiled_blocks"] for x in train["runs"]] == [False, False, True]
     assert {x["identical_to_tutorial"] for x in gen["runs"] if x["arm"] == "tutorial"} == {2}  # bf16 arms may differ
     assert {x["arm"] for x in gen["runs"]} == {"tutorial", "tutorial_bf16", "static_bf16", "stage"}

@@ -220,6 +220,57 @@ def test_attention_param_picks_the_kernel(tiny_llama_dir, params):
     assert prepare_qlora_model(tiny_llama_dir, params)[0].config._attn_implementation == "sdpa"
 
 
+def test_compiled_blocks_compute_what_the_uncompiled_blocks_compute(tiny_llama_dir, params):
+    """train.compile_blocks: torch.compile builds graphs for the transformer blocks at the first pass, and the loss
+    and LoRA gradients are those of the same model uncompiled, in bfloat16 on the de-quantized base as a CPU with
+    native bfloat16 trains (up to the rounding of fused kernels); parameter names, so adapters and checkpoints,
+    unchanged.
+    The LoRA B matrices are made non-zero (identically in both), so that a LoRA path left out would show."""
+    from torch._dynamo.utils import counters
+
+    params.model.compute_dtype, params.train.dequantize_base = "bfloat16", True
+    results, graphs = [], []
+    for compiled in (False, True):
+        params.train.compile_blocks = compiled
+        model, tok = prepare_qlora_model(tiny_llama_dir, params)
+        torch.manual_seed(1)
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.data.normal_(0, 0.5)
+        model.train()
+        graphs.append(counters["stats"]["unique_graphs"])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, _ = summary_loss(model, batch(tok, 3))
+        loss.backward()
+        graphs[-1] = counters["stats"]["unique_graphs"] - graphs[-1]
+        results.append((float(loss.detach()), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    (plain_loss, plain_grads), (loss, grads) = results
+    assert graphs[0] == 0 and graphs[1] >= 1, graphs  # the uncompiled model builds no graph, the compiled one does
+    assert set(grads) == set(plain_grads) and any("lora_A" in n for n in grads) and any("lora_B" in n for n in grads)
+    assert loss == pytest.approx(plain_loss, rel=1e-2)
+    for n, g in grads.items():
+        assert torch.allclose(g, plain_grads[n], rtol=5e-2, atol=5e-2 * float(plain_grads[n].abs().max())), n
+
+
+def test_compile_blocks_without_a_compiler_or_blocks_is_refused_before_training(tiny_llama_dir, params, monkeypatch):
+    """train.compile_blocks: true on a CPU without a C++ compiler (inductor finds none) is refused when the model is
+    prepared, with what to do, before any training; so is a model with no transformer blocks to compile."""
+    import torch._inductor.config as inductor
+
+    from sumlora.core.errors import ModelError
+    from sumlora.lora import compile_block_modules, cpp_compiler
+
+    params.train.compile_blocks = True
+    monkeypatch.setattr(inductor.cpp, "cxx", ("no-such-compiler-here",))
+    assert cpp_compiler() is None
+    with pytest.raises(ModelError, match=r"needs a C\+\+ compiler .* set train.compile_blocks: false"):
+        prepare_qlora_model(tiny_llama_dir, params)
+    monkeypatch.undo()
+    if cpp_compiler() is not None:
+        with pytest.raises(ModelError, match="no transformer blocks found in Module"):
+            compile_block_modules(torch.nn.Module())
+
+
 def four_bit_and_dequantized_bf16(base, params):
     """The same base prepared twice with bfloat16 compute: 4-bit, and de-quantized once; the tokenizer and the names
     of the 4-bit layers."""

@@ -25,7 +25,7 @@ def test_train_ratios_and_fractions_of_the_matmul_peaks():
         return {"arm": arm, "repeat": repeat, "tokens_per_s": rate, "batch": "2 x 2", "checkpointing": False,
                 "compute_dtype": "bfloat16", "dequantized": True, "attention": "eager", "padding_fraction": 0.25,
                 "cheap_dropout": arm == "ours", "max_tokens_per_pass": 1024 if arm == "ours" else None, "passes": 12,
-                "peak_rss_mb": 500,
+                "compiled_blocks": arm == "ours", "peak_rss_mb": 500,
                 "eval_loss": 2.0 + repeat, "matmul_params": 100_000_000, "matmul_gflops": 400.0,
                 "bf16_matmul_gflops": 1600.0}
 
@@ -36,8 +36,9 @@ def test_train_ratios_and_fractions_of_the_matmul_peaks():
     # ours/default: 3.0 and 4.0 -> median 3.50; ours/tutorial: 6.0 and 8.0 -> 7.00; loss median of 2 and 3 = 2.5;
     # matmul work 600 and 400 tokens/s x 4 x 1e8 = 240 and 160 GFLOP/s: of the fp32 peak 60% and 40% -> 50%,
     # of the bf16 peak 15% and 10% -> 12% (12.5 rounded half to even)
-    assert "| default | bfloat16 | de-quantized once | eager | torch | one per batch |" in table
-    assert "| ours | bfloat16 | de-quantized once | eager | cheap | 12 of at most 1024 tokens | 500 (400-600) " \
+    assert "| default | bfloat16 | de-quantized once | eager | torch | one per batch | not compiled |" in table
+    assert "| ours | bfloat16 | de-quantized once | eager | cheap | 12 of at most 1024 tokens | compiled " \
+           "| 500 (400-600) " \
            "| **3.50x** (3.00-4.00) " \
            "| **7.00x** (6.00-8.00) | 50% | 12% | 500 | 2.5000 |" in table, table
     # every arm's loss is 2.5 (the median of 2 and 3): ours is within 0.01 of the default's, and 3.50x it
@@ -56,7 +57,9 @@ def test_train_table_of_some_arms_has_no_tutorial_column():
     assert "100 optimizer steps of 4 rows per run (the first rows the train stage feeds)" in table, table
     assert "(the train stage's widest batches, widest first)" in train_table({**result, "row_selection": "widest"})
     assert "| vs default | of fp32 peak |" in table and "tutorial" not in table, table
-    assert "| fast | float32 | 4-bit, de-quantized per pass | sdpa | torch | one per batch | 250 (250-250) " \
+    # runs recorded before train.compile_blocks: not compiled
+    assert "| fast | float32 | 4-bit, de-quantized per pass | sdpa | torch | one per batch | not compiled " \
+           "| 250 (250-250) " \
            "| **2.50x** (2.50-2.50) " \
            "| 100% | 50% | 7 | 1.5090 |" in table, table  # 250 tokens/s x 4 x 1e6 FLOP = 1 GFLOP/s: of 1.0 and 2.0
     assert "`fast`, **2.50x** the default's real tokens/s (goal >= 2x: met)" in table

@@ -129,6 +129,7 @@ class TrainParams:
     logging_steps: int = 5
     dequantize_base: str | bool = "auto"
     attention: str = "sdpa"
+    compile_blocks: bool = False
     neftune_noise_alpha: float | None = None
 
     def check(self):

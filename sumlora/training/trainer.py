@@ -106,9 +106,11 @@ def trainer_class():
 
         def evaluate(self, *args, **kwargs):
             """A validation pass leaves training's random numbers as it found them (a DataLoader draws its seed
-            from torch's generator): how often training evaluates changes no dropout mask, so no result."""
+            from torch's generator): how often training evaluates changes no dropout mask, so no result.
+            Compiled blocks (``train.compile_blocks``) run uncompiled here: a forward-only pass would be another
+            graph to compile, for a few dozen rows."""
             devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-            with torch.random.fork_rng(devices=devices):
+            with torch.random.fork_rng(devices=devices), torch.compiler.set_stance("force_eager"):
                 return super().evaluate(*args, **kwargs)
 
     return SummaryLossTrainer
