@@ -120,7 +120,7 @@ class TrainParams:
     max_tokens_per_pass: int | None = 1024
     optim: str = "paged_adamw_8bit"
     group_by_length: bool = True
-    eval_steps: int = 50
+    eval_steps: int = 100
     save_steps: int = 50
     eval_batch_size: int = 2
     max_eval_samples: int | None = 40
