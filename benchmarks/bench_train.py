@@ -66,7 +66,7 @@ SETTINGS = {  # arm: (model.compute_dtype, train.dequantize_base, train.attentio
     "+bf16+dequantized+cheap dropout+split passes": ("bfloat16", True, "sdpa", "cheap", True, False),
     "+bf16+dequantized+no dropout+split passes": ("bfloat16", True, "sdpa", "none", True, False),
     "+bf16+dequantized+no dropout+split passes+compiled blocks": ("bfloat16", True, "sdpa", "none", True, True)}
-TUTORIAL_DROPOUT = 0.05  # LoRA dropout of the tutorial's recipe, and of every arm but the one without dropout
+TUTORIAL_DROPOUT = 0.05  # LoRA dropout of the tutorial's recipe, and of every arm but the two without dropout
 ARMS = tuple(SETTINGS)
 
 
