@@ -48,6 +48,10 @@ def test_every_imported_package_is_pinned_in_requirements_txt():
 def test_the_lock_agrees_with_requirements_txt_and_with_this_environment():
     required, locked = pins(ROOT / "requirements.txt"), pins(ROOT / "requirements.lock")
     assert {k: v for k, v in required.items() if locked.get(k) != v} == {}
-    installed = {re.sub(r"[-_.]+", "-", d.metadata["Name"]).lower(): d.version.split("+")[0]
-                 for d in metadata.distributions()}
+    # the first distribution of each name on sys.path: what an import and metadata.version() find. A later one
+    # may be a vendored copy (compiling with torch.compile puts setuptools/_vendor on sys.path) and must not
+    # stand in for it
+    installed = {}
+    for d in metadata.distributions():
+        installed.setdefault(re.sub(r"[-_.]+", "-", d.metadata["Name"]).lower(), d.version.split("+")[0])
     assert {k: (v, installed.get(k)) for k, v in locked.items() if installed.get(k) != v} == {}
