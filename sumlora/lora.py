@@ -70,8 +70,13 @@ def compile_block_modules(model) -> int:
     inside) with torch.compile, shapes dynamic: the blocks run the same code, so they share their compiled
     graphs, built at the first passes, in which the element-wise work between the matmuls (norms, rotary
     embedding, SiLU, casts, the LoRA sums) runs as fused kernels. Compiled in place: parameter names, the
-    adapter saved and checkpoints are unchanged (``train.compile_blocks``; off by default: over the default's
-    100 steps on a 2-core CPU, training so was no faster, the compile counted: BENCHMARKS.md, training).
+    adapter saved and checkpoints are unchanged (``train.compile_blocks``; BENCHMARKS.md, training, has what it
+    buys).
+    The input embeddings are made to require grad, so every block's input does: a graph is specialised on
+    whether its input requires grad, and the first block's (the embeddings' output, frozen) otherwise does not,
+    so that one block compiled graphs of its own. (torch also specialises on a batch of one row: a pass of one
+    row, as a split batch has, compiles one more graph.) The cost is the first block's input gradient, computed
+    and dropped at the frozen embeddings.
     Returns how many blocks; raises where there are none, or no C++ compiler."""
     from sumlora.core.errors import ModelError
 
@@ -83,6 +88,8 @@ def compile_block_modules(model) -> int:
     if not blocks:
         raise ModelError(f"train.compile_blocks: no transformer blocks found in {type(model).__name__} (its "
                          "_no_split_modules names none); set train.compile_blocks: false")
+    if hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()
     for block in blocks:
         block.compile(dynamic=True)
     return len(blocks)
