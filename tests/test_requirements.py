@@ -11,12 +11,17 @@ from conftest import ROOT
 CODE = ("sumlora", "stages", "benchmarks", "tests")
 
 
+def normalized(name: str) -> str:
+    """A distribution name as PEP 503 normalizes it."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def pins(path) -> dict[str, str]:
     """``name==version`` lines of a requirements file (extras dropped), names normalized (PEP 503)."""
     found = {}
     for line in path.read_text().splitlines():
         if m := re.fullmatch(r"([A-Za-z0-9_.\-]+)(\[[\w,\-]+\])?==(\S+)", line.strip()):  # name[extras]==version
-            found[re.sub(r"[-_.]+", "-", m[1]).lower()] = m[3]
+            found[normalized(m[1])] = m[3]
     return found
 
 
@@ -39,7 +44,7 @@ def test_every_imported_package_is_pinned_in_requirements_txt():
     missing = {}
     for mod in sorted(imported_top_level_modules()):
         assert mod in dists, f"{mod} is imported but no installed distribution provides it"
-        names = {re.sub(r"[-_.]+", "-", d).lower() for d in dists[mod]}
+        names = {normalized(d) for d in dists[mod]}
         if not names & set(required):
             missing[mod] = sorted(names)
     assert not missing, f"imported but not pinned in requirements.txt: {missing}"
@@ -53,5 +58,5 @@ def test_the_lock_agrees_with_requirements_txt_and_with_this_environment():
     # stand in for it
     installed = {}
     for d in metadata.distributions():
-        installed.setdefault(re.sub(r"[-_.]+", "-", d.metadata["Name"]).lower(), d.version.split("+")[0])
+        installed.setdefault(normalized(d.metadata["Name"]), d.version.split("+")[0])
     assert {k: (v, installed.get(k)) for k, v in locked.items() if installed.get(k) != v} == {}
