@@ -28,7 +28,9 @@ peaks measured before each.
   ``+bf16+dequantized+no dropout+split passes``: what it runs with the default ``lora.dropout: 0.0`` (no dropout
   layer at all); ``...+compiled blocks``: that with ``train.compile_blocks: true``, the transformer blocks
   compiled by torch.compile (:func:`sumlora.lora.compile_block_modules`), the time counted including compiling
-  them at the first pass, from an empty kernel cache as on a fresh machine.
+  them at the first pass, from an empty kernel cache as on a fresh machine; ``...+matmul attention``: with
+  ``train.attention: matmul`` (:mod:`sumlora.attention`: a causal sequence of at most 512 tokens as batched matmuls,
+  a longer one through SDPA), what ``auto`` picks on a CPU computing in bfloat16, alone and with compiled blocks.
   Every other arm trains with the tutorial's LoRA dropout of 0.05, whatever params.yaml says, so that the
   dropout levers compare the same thing.
 
@@ -65,7 +67,10 @@ SETTINGS = {  # arm: (model.compute_dtype, train.dequantize_base, train.attentio
     "+bf16+dequantized+cheap dropout": ("bfloat16", True, "sdpa", "cheap", False, False),
     "+bf16+dequantized+cheap dropout+split passes": ("bfloat16", True, "sdpa", "cheap", True, False),
     "+bf16+dequantized+no dropout+split passes": ("bfloat16", True, "sdpa", "none", True, False),
-    "+bf16+dequantized+no dropout+split passes+compiled blocks": ("bfloat16", True, "sdpa", "none", True, True)}
+    "+bf16+dequantized+no dropout+split passes+compiled blocks": ("bfloat16", True, "sdpa", "none", True, True),
+    "+bf16+dequantized+no dropout+split passes+matmul attention": ("bfloat16", True, "matmul", "none", True, False),
+    "+bf16+dequantized+no dropout+split passes+matmul attention+compiled blocks":
+        ("bfloat16", True, "matmul", "none", True, True)}
 TUTORIAL_DROPOUT = 0.05  # LoRA dropout of the tutorial's recipe, and of every arm but the two without dropout
 ARMS = tuple(SETTINGS)
 

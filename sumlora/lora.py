@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from sumlora import attention
 from sumlora.core.params import LoraParams, Params
 from sumlora.modeling import compute_dtype, load_model_and_tokenizer
 
@@ -52,6 +53,17 @@ def dequantize_base(params: Params) -> bool:
     if choice == "auto":
         return params.model.load_in_4bit and not torch.cuda.is_available()
     return bool(choice) and params.model.load_in_4bit
+
+
+def attention_kernel(params: Params) -> str:
+    """The attention implementation training runs (``train.attention``): ``matmul`` (:mod:`sumlora.attention`:
+    short sequences as batched matmuls, long ones through SDPA), ``sdpa`` or ``eager``; ``auto``: ``matmul`` on a
+    CPU computing in bfloat16, where it was measured faster (BENCHMARKS.md, training), else ``sdpa``."""
+    choice = params.train.attention
+    if choice == "auto":
+        cpu_bf16 = not torch.cuda.is_available() and compute_dtype(params.model) == torch.bfloat16
+        choice = "matmul" if cpu_bf16 else "sdpa"
+    return attention.register() if choice == "matmul" else choice
 
 
 def cpp_compiler() -> str | None:
@@ -151,7 +163,7 @@ def prepare_qlora_model(base_dir, params: Params, cheap_dropout: bool = True):
 
     model_params, gradient_checkpointing = params.model, params.train.gradient_checkpointing
     model, tok = load_model_and_tokenizer(base_dir, model_params)
-    model.set_attn_implementation(params.train.attention)
+    model.set_attn_implementation(attention_kernel(params))
     model.config.use_cache = False  # the KV cache is useless in training and clashes with checkpointing
     gc_kwargs = {"use_reentrant": False}  # reentrant checkpointing breaks DDP and LoRA-only grads
     if model_params.load_in_4bit:

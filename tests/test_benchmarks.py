@@ -28,14 +28,16 @@ def test_training_benchmark_runs_each_lever_alone_and_together_interleaved(tmp_p
     r = json.loads((tmp_path / "t.json").read_text())
     arms = ["tutorial", "default", "+bf16", "+dequantized", "+eager", "+cheap dropout", "+bf16+dequantized",
             "+bf16+dequantized+cheap dropout", "+bf16+dequantized+cheap dropout+split passes",
-            "+bf16+dequantized+no dropout+split passes", "+bf16+dequantized+no dropout+split passes+compiled blocks"]
+            "+bf16+dequantized+no dropout+split passes", "+bf16+dequantized+no dropout+split passes+compiled blocks",
+            "+bf16+dequantized+no dropout+split passes+matmul attention",
+            "+bf16+dequantized+no dropout+split passes+matmul attention+compiled blocks"]
     assert [x["arm"] for x in r["runs"]] == arms
     run = {x["arm"]: x for x in r["runs"]}
-    assert [a for a in arms if run[a]["max_tokens_per_pass"] is not None] == arms[-3:]
-    # the tutorial's LoRA dropout in every arm but the last two, whatever params.yaml says
-    assert [run[a]["lora_dropout"] for a in arms] == [0.05] * (len(arms) - 2) + [0.0, 0.0]
-    # only the last arm compiles its blocks, whatever params.yaml's train.compile_blocks says
-    assert [a for a in arms if run[a]["compiled_blocks"]] == arms[-1:]
+    assert [a for a in arms if run[a]["max_tokens_per_pass"] is not None] == arms[-5:]
+    # the tutorial's LoRA dropout in every arm but the last four, whatever params.yaml says
+    assert [run[a]["lora_dropout"] for a in arms] == [0.05] * (len(arms) - 4) + [0.0] * 4
+    # only the compiled arms compile their blocks, whatever params.yaml's train.compile_blocks says
+    assert [a for a in arms if run[a]["compiled_blocks"]] == [arms[-3], arms[-1]]
     assert (run["tutorial"]["batch"], run["tutorial"]["checkpointing"]) == ("1 x 4", True)  # the tutorial's recipe
     assert (run["default"]["batch"], run["default"]["checkpointing"]) == ("2 x 2", False)  # params.yaml's
     settings = {a: (run[a]["compute_dtype"], run[a]["dequantized"], run[a]["attention"], run[a]["cheap_dropout"])
@@ -49,7 +51,11 @@ def test_training_benchmark_runs_each_lever_alone_and_together_interleaved(tmp_p
                         "+bf16+dequantized+cheap dropout+split passes": ("bfloat16", True, "sdpa", True),
                         "+bf16+dequantized+no dropout+split passes": ("bfloat16", True, "sdpa", False),
                         "+bf16+dequantized+no dropout+split passes+compiled blocks": ("bfloat16", True, "sdpa",
-                                                                                       False)}
+                                                                                       False),
+                        "+bf16+dequantized+no dropout+split passes+matmul attention": ("bfloat16", True, "matmul",
+                                                                                        False),
+                        "+bf16+dequantized+no dropout+split passes+matmul attention+compiled blocks":
+                            ("bfloat16", True, "matmul", False)}
     assert {x["rows"] for x in r["runs"]} == {8}  # same effective batch, same rows
     assert len({x["real_tokens"] for x in r["runs"]}) == 1  # the same text, each row once
     assert run["tutorial"]["padding_fraction"] == 0  # batch 1 never pads

@@ -101,6 +101,10 @@ def adapter_dir(base_dir, stage_outputs, tmp_path_factory):
                     ADAPTER_INFO, adapter_info(base_dir, result.base_sha256))
     assert metrics["steps"] == 2 and metrics["train_tokens"] > 0 and 0 < metrics["eval_loss"] < 10
     assert timing["steps_this_run"] == 2 and timing["resumed_from"] is None
+    # train.attention: auto trains with the matmul kernel exactly where the computation is bfloat16 on a CPU
+    bf16_cpu = result.model.get_input_embeddings().weight.device.type == "cpu" and any(
+        p.dtype == torch.bfloat16 for p in result.model.parameters())
+    assert (timing["attention"] == "sumlora_matmul") == bf16_cpu
     return out / "adapter"
 
 

@@ -214,10 +214,16 @@ def test_training_on_the_base_dequantized_once_computes_what_the_4bit_layers_com
 
 
 def test_attention_param_picks_the_kernel(tiny_llama_dir, params):
-    params.train.attention = "eager"
-    assert prepare_qlora_model(tiny_llama_dir, params)[0].config._attn_implementation == "eager"
-    params.train.attention = "sdpa"
-    assert prepare_qlora_model(tiny_llama_dir, params)[0].config._attn_implementation == "sdpa"
+    from sumlora import attention
+
+    for choice, kernel in (("eager", "eager"), ("sdpa", "sdpa"), ("matmul", attention.NAME)):
+        params.train.attention = choice
+        assert prepare_qlora_model(tiny_llama_dir, params)[0].config._attn_implementation == kernel
+    # auto: the matmul kernel where it was measured faster, a CPU computing in bfloat16; SDPA otherwise
+    params.train.attention = "auto"
+    for dtype, kernel in (("bfloat16", attention.NAME), ("float32", "sdpa")):
+        params.model.compute_dtype = dtype
+        assert prepare_qlora_model(tiny_llama_dir, params)[0].config._attn_implementation == kernel
 
 
 def test_compiled_blocks_compute_what_the_uncompiled_blocks_compute(tiny_llama_dir, params):

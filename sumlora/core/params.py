@@ -27,7 +27,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 DEQUANTIZE = ("auto", "none", "float32", "bfloat16")
 PROMPT_STYLES = ("instruct", "chat")
 SELECT = ("last", "best")
-ATTENTION = ("eager", "sdpa")  # transformers' attention implementations the train stage may use
+ATTENTION = ("auto", "matmul", "sdpa", "eager")  # train.attention choices (sumlora.lora.attention_kernel)
 SPLITS = ("test", "validation")
 
 @dataclass
@@ -128,7 +128,7 @@ class TrainParams:
     early_stopping_patience: int | None = None
     logging_steps: int = 5
     dequantize_base: str | bool = "auto"
-    attention: str = "sdpa"
+    attention: str = "auto"
     compile_blocks: bool = False
     neftune_noise_alpha: float | None = None
 

@@ -125,6 +125,7 @@ def train(params: Params, tokenized_dir, base_dir, checkpoints_dir, live_dir) ->
               "real_tokens_per_s": round(tokens / runtime, 1),
               "peak_rss_mb": peak_rss_mb(),
               "compute_dtype": params.model.compute_dtype,
+              "attention": model.config._attn_implementation,  # train.attention resolved
               "compiled_blocks": params.train.compile_blocks,
               "environment": environment()}  # python -m sumlora.doctor --json
     return TrainResult(main=True, model=model, tokenizer=tok, base_sha256=base_sha256, fingerprint=fingerprint,
