@@ -1,10 +1,11 @@
 """Causal attention for training on a CPU: a short sequence as two batched matmuls, a longer one through SDPA.
 
 On a CPU, PyTorch's fused attention (SDPA's flash kernel) was a quarter of a profiled bfloat16 training step,
-its backward most of it (``benchmarks/results/profile_train-cpu.json``). For the short sequences of dialogue
+its backward most of it (``benchmarks/results/profile_train-sdpa-cpu.json``). For the short sequences of dialogue
 summarization, computing the scores as one matmul per key/value head (its query heads stacked), the softmax in
-float32 and the weighted sum as another matmul ran faster; for long ones the fused kernel wins, as the scores
-grow with the square of the length. BENCHMARKS.md (training) has both, measured.
+float32 and the weighted sum as another matmul trained faster (BENCHMARKS.md, training: the two kernels over a
+training run). The scores and weights it holds grow with the square of the length, so a longer sequence stays
+with the fused kernel, which never holds them.
 
 Registered under :data:`NAME` with transformers' attention and mask interfaces (the mask is SDPA's: None for
 plain causal attention), so a model takes it through ``set_attn_implementation``.
